@@ -11,8 +11,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
 	"github.com/imashproject/imash/internal/rpcerr"
+	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
 )
 
 // errCut ends an attachment's receive loop quietly: the channel was cut or
