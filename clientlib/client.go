@@ -1,0 +1,253 @@
+// Package clientlib is what an application links to use imash: it dials a
+// middleware server (MWS) with the device's certificate, logs a user in,
+// opens application sessions, fetches objects from legacy HTTP servers
+// through the MWS's cache, and opens byte streams (net.Conn) to legacy
+// servers that survive the session's moves.
+package clientlib
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/imashproject/imash/internal/pki"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+)
+
+// Config is what a device needs to reach an MWS.
+type Config struct {
+	// Certificate is the device's certificate (role device) and key.
+	Certificate tls.Certificate
+	// Roots holds the cluster CA; the MWS must present an MWS certificate
+	// issued by it.
+	Roots *x509.CertPool
+	// MaxObjectBytes bounds the body of one Get (0: 256 MiB).
+	MaxObjectBytes int64
+	// Log receives the library's logs (nil discards).
+	Log *slog.Logger
+}
+
+// ErrNotLoggedIn is returned by calls that need a logged-in user.
+var ErrNotLoggedIn = errors.New("clientlib: not logged in")
+
+// Client is a device's connection to an MWS. It is safe for concurrent use.
+type Client struct {
+	cfg Config
+	cc  *grpc.ClientConn
+	api mwsv1.DeviceClient
+	log *slog.Logger
+
+	mu     sync.RWMutex
+	cred   string
+	user   string
+	mws    string
+	device string
+}
+
+// Dial connects to the MWS at addr. The TLS handshake happens on first use.
+func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
+	if cfg.Roots == nil || len(cfg.Certificate.Certificate) == 0 {
+		return nil, errors.New("clientlib: Config needs the device certificate and the cluster CA")
+	}
+	if cfg.MaxObjectBytes <= 0 {
+		cfg.MaxObjectBytes = 256 << 20
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{cfg: cfg, log: log}
+	cc, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(cfg.Certificate, cfg.Roots, pki.RoleMWS))),
+		grpc.WithPerRPCCredentials(bearer{c}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("clientlib: dial %s: %w", addr, err)
+	}
+	c.cc = cc
+	c.api = mwsv1.NewDeviceClient(cc)
+	return c, nil
+}
+
+// Close closes the connection. Sessions stay at the MWS.
+func (c *Client) Close() error { return c.cc.Close() }
+
+// bearer attaches the login credential to every call.
+type bearer struct{ c *Client }
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	b.c.mu.RLock()
+	defer b.c.mu.RUnlock()
+	if b.c.cred == "" {
+		return nil, nil
+	}
+	return map[string]string{"authorization": "Bearer " + b.c.cred}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// Login authenticates user with password on this device.
+func (c *Client) Login(ctx context.Context, user, password string) error {
+	r, err := c.api.Login(ctx, &mwsv1.LoginRequest{User: user, Password: password})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.cred, c.user, c.mws, c.device = r.Credential, user, r.Mws, r.Device
+	c.mu.Unlock()
+	c.log.Info("logged in", "user", user, "mws", r.Mws, "device", r.Device)
+	return nil
+}
+
+// Logout revokes the credential.
+func (c *Client) Logout(ctx context.Context) error {
+	_, err := c.api.Logout(ctx, &mwsv1.LogoutRequest{})
+	c.mu.Lock()
+	c.cred = ""
+	c.mu.Unlock()
+	return err
+}
+
+// MWS is the name of the MWS this client is logged in to.
+func (c *Client) MWS() string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.mws
+}
+
+// Device is this device's name as the MWS saw it.
+func (c *Client) Device() string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.device
+}
+
+func (c *Client) loggedIn() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.cred == "" {
+		return ErrNotLoggedIn
+	}
+	return nil
+}
+
+// Backend is a legacy backend reachable through the MWS.
+type Backend struct {
+	Name string
+	// HTTP reports that Get works on it; every backend can be Dialed.
+	HTTP bool
+}
+
+// Backends lists the legacy backends.
+func (c *Client) Backends(ctx context.Context) ([]Backend, error) {
+	if err := c.loggedIn(); err != nil {
+		return nil, err
+	}
+	r, err := c.api.ListBackends(ctx, &mwsv1.ListBackendsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Backend, 0, len(r.Backends))
+	for _, b := range r.Backends {
+		be := Backend{Name: b.Name}
+		for _, k := range b.Kinds {
+			be.HTTP = be.HTTP || k == "http"
+		}
+		out = append(out, be)
+	}
+	return out, nil
+}
+
+// OpenSession starts an application session. labels are matched by the
+// MWS's handoff policies (e.g. "patient-records").
+func (c *Client) OpenSession(ctx context.Context, app string, labels ...string) (*Session, error) {
+	if err := c.loggedIn(); err != nil {
+		return nil, err
+	}
+	r, err := c.api.OpenSession(ctx, &mwsv1.OpenSessionRequest{App: app, Labels: labels})
+	if err != nil {
+		return nil, err
+	}
+	return &Session{c: c, id: r.SessionId, app: app}, nil
+}
+
+// SessionInfo describes a session at the MWS.
+type SessionInfo struct {
+	ID      string
+	App     string
+	Labels  []string
+	Device  string
+	Created time.Time
+	Streams int
+	Objects int
+}
+
+// Sessions lists the user's sessions at this MWS.
+func (c *Client) Sessions(ctx context.Context) ([]SessionInfo, error) {
+	if err := c.loggedIn(); err != nil {
+		return nil, err
+	}
+	r, err := c.api.ListSessions(ctx, &mwsv1.ListSessionsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SessionInfo, 0, len(r.Sessions))
+	for _, s := range r.Sessions {
+		out = append(out, SessionInfo{ID: s.SessionId, App: s.App, Labels: s.Labels, Device: s.Device,
+			Created: time.Unix(0, s.CreatedUnixNano), Streams: int(s.Streams), Objects: int(s.Objects)})
+	}
+	return out, nil
+}
+
+// Event is a server-push event for this device.
+type Event struct {
+	Time time.Time
+	// Exactly one of these is set.
+	Connected *mwsv1.Connected
+	Notice    *mwsv1.Notice
+}
+
+// Events opens the device's event channel and calls f for each event until
+// ctx ends or the channel fails. The first event is Connected.
+func (c *Client) Events(ctx context.Context, f func(Event)) error {
+	if err := c.loggedIn(); err != nil {
+		return err
+	}
+	st, err := c.api.Events(ctx, &mwsv1.EventsRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		f(Event{Time: time.Unix(0, ev.UnixNano), Connected: ev.GetConnected(), Notice: ev.GetNotice()})
+	}
+}
+
+// Session is an application session.
+type Session struct {
+	c   *Client
+	id  string
+	app string
+}
+
+// ID is the session's id at the MWS.
+func (s *Session) ID() string { return s.id }
+
+// Close ends the session at the MWS and closes its legacy streams.
+func (s *Session) Close(ctx context.Context) error {
+	_, err := s.c.api.CloseSession(ctx, &mwsv1.CloseSessionRequest{SessionId: s.id})
+	return err
+}

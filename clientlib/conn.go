@@ -1,0 +1,305 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+)
+
+// maxChunk is the largest data message a Conn sends.
+const maxChunk = 64 << 10
+
+// ackEvery is how many received bytes a Conn lets pass before it
+// acknowledges them (it also acknowledges whenever its buffer runs dry).
+const ackEvery = 128 << 10
+
+// Conn is a byte stream to a legacy server through the MWS. It implements
+// net.Conn plus CloseWrite. Bytes the application has read are acknowledged
+// to the MWS, which only then lets the mux forget them: a byte the app has
+// not read is never lost, whatever happens to the session's route.
+type Conn struct {
+	s        *Session
+	backend  string
+	streamID string
+	cancel   context.CancelFunc
+	st       mwsv1.Device_StreamClient
+
+	sendMu sync.Mutex
+	upNext uint64
+
+	msgs     chan *mwsv1.StreamResponse
+	recvDone chan struct{}
+	recvErr  error
+
+	readMu  sync.Mutex
+	buf     []byte
+	next    uint64 // offset of buf[0]
+	acked   uint64
+	readErr error
+
+	dlMu     sync.Mutex
+	deadline time.Time
+	dlChange chan struct{}
+
+	closeOnce sync.Once
+}
+
+// Dial opens a byte stream to the named backend.
+func (s *Session) Dial(ctx context.Context, backend string) (*Conn, error) {
+	return s.openStream(ctx, &mwsv1.StreamOpen{SessionId: s.id, Backend: backend}, backend)
+}
+
+// Resume attaches again to an open stream of the session, e.g. after the
+// device lost its connection, receiving server bytes from offset on.
+func (s *Session) Resume(ctx context.Context, streamID string, offset uint64) (*Conn, error) {
+	return s.openStream(ctx, &mwsv1.StreamOpen{SessionId: s.id, StreamId: streamID, ResumeOffset: offset}, "")
+}
+
+func (s *Session) openStream(ctx context.Context, open *mwsv1.StreamOpen, backend string) (*Conn, error) {
+	sctx, cancel := context.WithCancel(context.Background())
+	stop := context.AfterFunc(ctx, cancel)
+	st, err := s.c.api.Stream(sctx)
+	if err == nil {
+		err = st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: open}})
+	}
+	var first *mwsv1.StreamResponse
+	if err == nil {
+		first, err = st.Recv()
+	}
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	op := first.GetOpened()
+	if op == nil {
+		cancel()
+		return nil, errors.New("clientlib: stream: first message is not Opened")
+	}
+	c := &Conn{
+		s: s, backend: backend, streamID: op.StreamId, cancel: cancel, st: st,
+		upNext: op.UpOffset, next: op.DownOffset, acked: op.DownOffset,
+		msgs: make(chan *mwsv1.StreamResponse, 32), recvDone: make(chan struct{}), dlChange: make(chan struct{}),
+	}
+	go c.recvLoop()
+	return c, nil
+}
+
+// StreamID identifies the stream within its session (for Resume).
+func (c *Conn) StreamID() string { return c.streamID }
+
+// Offsets returns how many bytes the app has read and written so far.
+func (c *Conn) Offsets() (read, written uint64) {
+	c.readMu.Lock()
+	read = c.next
+	c.readMu.Unlock()
+	c.sendMu.Lock()
+	written = c.upNext
+	c.sendMu.Unlock()
+	return read, written
+}
+
+func (c *Conn) recvLoop() {
+	defer close(c.recvDone)
+	defer close(c.msgs)
+	for {
+		m, err := c.st.Recv()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				c.recvErr = err
+			}
+			return
+		}
+		c.msgs <- m
+	}
+}
+
+func (c *Conn) send(m *mwsv1.StreamRequest) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.st.Send(m)
+}
+
+// Read implements net.Conn.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	for len(c.buf) == 0 {
+		if c.next > c.acked {
+			c.ackLocked()
+		}
+		if c.readErr != nil {
+			return 0, c.readErr
+		}
+		m, err := c.recv()
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return 0, err
+			}
+			c.readErr = err
+			return 0, err
+		}
+		switch m := m.Msg.(type) {
+		case *mwsv1.StreamResponse_Data:
+			if m.Data.Offset != c.next {
+				c.readErr = fmt.Errorf("clientlib: stream data at offset %d, want %d", m.Data.Offset, c.next)
+				return 0, c.readErr
+			}
+			c.buf = m.Data.Data
+		case *mwsv1.StreamResponse_Eof:
+			if m.Eof.Error != "" {
+				c.readErr = fmt.Errorf("clientlib: legacy server: %s", m.Eof.Error)
+			} else {
+				c.readErr = io.EOF
+			}
+		case *mwsv1.StreamResponse_Closed:
+			if c.readErr == nil {
+				c.readErr = io.EOF
+			}
+		}
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	c.next += uint64(n)
+	if c.next-c.acked >= ackEvery {
+		c.ackLocked()
+	}
+	return n, nil
+}
+
+func (c *Conn) ackLocked() {
+	if err := c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Ack{Ack: &mwsv1.StreamAck{Offset: c.next}}}); err == nil {
+		c.acked = c.next
+	}
+}
+
+func (c *Conn) recv() (*mwsv1.StreamResponse, error) {
+	for {
+		c.dlMu.Lock()
+		dl, change := c.deadline, c.dlChange
+		c.dlMu.Unlock()
+		var timeout <-chan time.Time
+		var timer *time.Timer
+		if !dl.IsZero() {
+			d := time.Until(dl)
+			if d <= 0 {
+				return nil, os.ErrDeadlineExceeded
+			}
+			timer = time.NewTimer(d)
+			timeout = timer.C
+		}
+		select {
+		case m, ok := <-c.msgs:
+			if timer != nil {
+				timer.Stop()
+			}
+			if !ok {
+				<-c.recvDone
+				if c.recvErr != nil {
+					return nil, c.recvErr
+				}
+				return nil, io.EOF
+			}
+			return m, nil
+		case <-timeout:
+			return nil, os.ErrDeadlineExceeded
+		case <-change:
+			if timer != nil {
+				timer.Stop()
+			}
+		}
+	}
+}
+
+// Write implements net.Conn.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	written := 0
+	for written < len(p) {
+		n := min(len(p)-written, maxChunk)
+		if err := c.st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Data{Data: &mwsv1.StreamData{Offset: c.upNext, Data: p[written : written+n]}}}); err != nil {
+			return written, err
+		}
+		c.upNext += uint64(n)
+		written += n
+	}
+	return written, nil
+}
+
+// CloseWrite half-closes towards the legacy server after every byte
+// written so far; reading goes on.
+func (c *Conn) CloseWrite() error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_CloseWrite{CloseWrite: &mwsv1.StreamCloseWrite{Offset: c.upNext}}})
+}
+
+// Close closes the legacy connection and waits (up to 10 s) for the MWS to
+// confirm.
+func (c *Conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		defer c.cancel()
+		if err = c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Close{Close: &mwsv1.StreamClose{}}}); err != nil {
+			return
+		}
+		timer := time.NewTimer(10 * time.Second)
+		defer timer.Stop()
+		for {
+			select {
+			case m, ok := <-c.msgs:
+				if !ok || m.GetClosed() != nil {
+					return
+				}
+			case <-timer.C:
+				err = errors.New("clientlib: close: no confirmation from the MWS")
+				return
+			}
+		}
+	})
+	return err
+}
+
+// Detach ends this connection to the stream without closing the legacy
+// connection; Resume attaches again.
+func (c *Conn) Detach() {
+	c.cancel()
+}
+
+// LocalAddr implements net.Conn.
+func (c *Conn) LocalAddr() net.Addr { return streamAddr("device") }
+
+// RemoteAddr implements net.Conn.
+func (c *Conn) RemoteAddr() net.Addr { return streamAddr(c.backend + "/" + c.streamID) }
+
+// SetDeadline implements net.Conn; it sets the read deadline.
+func (c *Conn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
+
+// SetReadDeadline implements net.Conn.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.dlMu.Lock()
+	c.deadline = t
+	close(c.dlChange)
+	c.dlChange = make(chan struct{})
+	c.dlMu.Unlock()
+	return nil
+}
+
+// SetWriteDeadline implements net.Conn. Writes are paced by flow control
+// and no write deadline is kept.
+func (c *Conn) SetWriteDeadline(time.Time) error { return nil }
+
+type streamAddr string
+
+func (a streamAddr) Network() string { return "imash" }
+func (a streamAddr) String() string  { return string(a) }

@@ -1,0 +1,139 @@
+// Package mws is imash's middleware server: it mediates all communication
+// between client devices and legacy servers (through the mux), keeps a copy
+// of every server object on the way, and manages application sessions.
+package mws
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/imashproject/imash/mws/objcache"
+)
+
+// Users verifies user passwords (users.Store implements it).
+type Users interface {
+	// Verify returns nil if password is the user's password.
+	Verify(user, password string) error
+}
+
+// Config configures an MWS. See NewDefaultConfig for the defaults.
+type Config struct {
+	// Name is this MWS's name; it must equal the name in its certificate.
+	Name string
+	// TLS is the device-facing server config (pki.ServerTLS): devices
+	// present device-role certificates of the cluster CA.
+	TLS *tls.Config
+	// MuxAddr and MuxTLS reach the mux (pki.ClientTLS with this MWS's
+	// certificate, accepting the mux role).
+	MuxAddr string
+	MuxTLS  *tls.Config
+	// HTTPBackends are the mux backends that speak HTTP and are served by
+	// Get. Every mux backend may be used as a raw Stream.
+	HTTPBackends []string
+	// Users verifies logins.
+	Users Users
+
+	// Cache configures the object cache.
+	Cache objcache.Config
+
+	// CredentialTTL is how long a login credential is valid.
+	CredentialTTL time.Duration
+	// MaxSessions bounds the sessions this MWS holds; MaxSessionsPerUser
+	// bounds one user's.
+	MaxSessions        int
+	MaxSessionsPerUser int
+	// MaxStreamsPerSession bounds a session's open raw streams.
+	MaxStreamsPerSession int
+	// MaxPathBytes bounds a Get path; MaxHeaders and MaxHeaderBytes bound
+	// the headers a device passes along.
+	MaxPathBytes   int
+	MaxHeaders     int
+	MaxHeaderBytes int
+	// MaxLabels and MaxLabelBytes bound a session's labels; MaxAppBytes
+	// its application name.
+	MaxLabels     int
+	MaxLabelBytes int
+	MaxAppBytes   int
+	// GetChunk is the size of the body chunks Get sends.
+	GetChunk int
+	// HTTPIdleConns bounds idle keep-alive legacy connections per backend.
+	HTTPIdleConns int
+	// HTTPTimeout bounds one exchange with a legacy HTTP server.
+	HTTPTimeout time.Duration
+}
+
+// NewDefaultConfig returns production defaults (no name, TLS, mux or
+// users).
+func NewDefaultConfig() Config {
+	return Config{
+		Cache:                objcache.NewDefaultConfig(),
+		CredentialTTL:        12 * time.Hour,
+		MaxSessions:          100000,
+		MaxSessionsPerUser:   64,
+		MaxStreamsPerSession: 16,
+		MaxPathBytes:         4096,
+		MaxHeaders:           32,
+		MaxHeaderBytes:       8192,
+		MaxLabels:            16,
+		MaxLabelBytes:        64,
+		MaxAppBytes:          64,
+		GetChunk:             256 << 10,
+		HTTPIdleConns:        8,
+		HTTPTimeout:          60 * time.Second,
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if !nameRE.MatchString(c.Name) {
+		errs = append(errs, fmt.Errorf("name %q: want 1-64 of [A-Za-z0-9._-]", c.Name))
+	}
+	if c.TLS == nil {
+		errs = append(errs, errors.New("TLS: required"))
+	}
+	if c.MuxAddr == "" || c.MuxTLS == nil {
+		errs = append(errs, errors.New("mux address and TLS: required"))
+	}
+	for _, b := range c.HTTPBackends {
+		if !nameRE.MatchString(b) {
+			errs = append(errs, fmt.Errorf("HTTP backend %q: not a backend name", b))
+		}
+	}
+	if c.Users == nil {
+		errs = append(errs, errors.New("users: required"))
+	}
+	if err := c.Cache.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("cache: %w", err))
+	}
+	positive := []struct {
+		name string
+		v    int
+	}{
+		{"MaxSessions", c.MaxSessions}, {"MaxSessionsPerUser", c.MaxSessionsPerUser},
+		{"MaxStreamsPerSession", c.MaxStreamsPerSession}, {"MaxPathBytes", c.MaxPathBytes},
+		{"MaxHeaders", c.MaxHeaders}, {"MaxHeaderBytes", c.MaxHeaderBytes}, {"MaxLabels", c.MaxLabels},
+		{"MaxLabelBytes", c.MaxLabelBytes}, {"MaxAppBytes", c.MaxAppBytes}, {"GetChunk", c.GetChunk},
+		{"HTTPIdleConns", c.HTTPIdleConns},
+	}
+	for _, p := range positive {
+		if p.v < 1 {
+			errs = append(errs, fmt.Errorf("%s %d: want at least 1", p.name, p.v))
+		}
+	}
+	if c.GetChunk > 3<<20 {
+		errs = append(errs, fmt.Errorf("GetChunk %d: want at most 3 MiB (gRPC message limit)", c.GetChunk))
+	}
+	if c.CredentialTTL <= 0 {
+		errs = append(errs, fmt.Errorf("CredentialTTL %v: want > 0", c.CredentialTTL))
+	}
+	if c.HTTPTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("HTTPTimeout %v: want > 0", c.HTTPTimeout))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,202 @@
+package mws
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/imashproject/imash/internal/rpcerr"
+	"github.com/imashproject/imash/mws/muxlink"
+	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+)
+
+// Stream relays a raw legacy stream between a device and the mux. Offsets
+// are the same on both hops, so the device's bytes and acknowledgements
+// pass through unchanged: the mux writes each up byte exactly once, and a
+// down byte is committed at the mux only when the device has acknowledged
+// it. When the device goes away the stream stays open at the mux and the
+// device (or, after a handoff, another one) attaches again with Open
+// {stream_id, resume_offset}.
+func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
+	s := d.s
+	ctx := ds.Context()
+	p := principalFrom(ctx)
+	first, err := ds.Recv()
+	if err != nil {
+		return err
+	}
+	open := first.GetOpen()
+	if open == nil {
+		return rpcerr.New(codes.InvalidArgument, "OPEN_REQUIRED", "the first message of Stream must be an Open")
+	}
+	ss, err := s.sessions.get(p, open.GetSessionId())
+	if err != nil {
+		return err
+	}
+
+	var st *muxlink.Stream
+	var rs *relayState
+	resume := open.GetResumeOffset()
+	if open.GetStreamId() == "" {
+		if resume != 0 {
+			return rpcerr.New(codes.InvalidArgument, "RESUME_WITHOUT_STREAM", "resume_offset needs a stream_id")
+		}
+		ss.mu.Lock()
+		n := len(ss.streams)
+		ss.mu.Unlock()
+		if n >= s.cfg.MaxStreamsPerSession {
+			return rpcerr.New(codes.ResourceExhausted, "TOO_MANY_STREAMS", "session holds its limit of %d streams", s.cfg.MaxStreamsPerSession)
+		}
+		st, err = s.mux.Open(ctx, open.GetBackend(), ss.id)
+		if err != nil {
+			return upstreamStatus(open.GetBackend(), err)
+		}
+		rs = &relayState{id: st.ID(), backend: open.GetBackend(), epoch: st.Epoch()}
+		ss.mu.Lock()
+		ss.streams[rs.id] = rs
+		ss.mu.Unlock()
+		s.log.Info("stream opened", "session", ss.id, "stream", rs.id, "backend", rs.backend)
+	} else {
+		ss.mu.Lock()
+		rs = ss.streams[open.GetStreamId()]
+		ss.mu.Unlock()
+		if rs == nil {
+			return rpcerr.New(codes.NotFound, "UNKNOWN_STREAM", "session %s has no stream %q", ss.id, open.GetStreamId())
+		}
+		st, err = s.mux.Attach(ctx, rs.id, rs.epoch)
+		if err != nil {
+			return upstreamStatus(rs.backend, err)
+		}
+		if resume < st.DownStart() {
+			st.Detach()
+			return rpcerr.New(codes.InvalidArgument, "RESUME_BEFORE_ACK", "resume offset %d is before the acknowledged offset %d", resume, st.DownStart())
+		}
+	}
+	defer st.Detach()
+	ss.mu.Lock()
+	rs.active = true
+	ss.mu.Unlock()
+	defer func() {
+		ss.mu.Lock()
+		rs.active = false
+		ss.mu.Unlock()
+	}()
+
+	down := max(resume, st.DownStart())
+	if err := ds.Send(&mwsv1.StreamResponse{Msg: &mwsv1.StreamResponse_Opened{Opened: &mwsv1.StreamOpened{
+		StreamId: rs.id, DownOffset: down, UpOffset: st.UpStart(),
+	}}}); err != nil {
+		return err
+	}
+
+	var delivered atomic.Uint64
+	delivered.Store(down)
+	upErr := make(chan error, 1)
+	go func() { upErr <- relayUp(ds, st, &delivered) }()
+
+	for {
+		select {
+		case err := <-upErr:
+			if err != nil {
+				return err
+			}
+			upErr = nil // the device closed its send side; keep relaying down
+		case m, ok := <-st.Messages():
+			if !ok {
+				if err := st.RecvErr(); err != nil {
+					return upstreamStatus(rs.backend, err)
+				}
+				return nil
+			}
+			out, end := relayDown(m, &delivered)
+			if end {
+				ss.mu.Lock()
+				delete(ss.streams, rs.id)
+				ss.mu.Unlock()
+			}
+			if m.GetCut() != nil {
+				return rpcerr.New(codes.Aborted, "STREAM_MOVED", "stream %s moved to %s", rs.id, m.GetCut().Owner)
+			}
+			if out != nil {
+				if err := ds.Send(out); err != nil {
+					return err
+				}
+			}
+			if end {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// relayDown translates one mux message for the device; end reports that the
+// stream is over.
+func relayDown(m *muxv1.AttachResponse, delivered *atomic.Uint64) (out *mwsv1.StreamResponse, end bool) {
+	switch m := m.Msg.(type) {
+	case *muxv1.AttachResponse_Data:
+		off, b := m.Data.Offset, m.Data.Data
+		from := delivered.Load()
+		if off+uint64(len(b)) <= from {
+			return nil, false // the device already has these bytes
+		}
+		if off < from {
+			b = b[from-off:]
+			off = from
+		}
+		delivered.Store(off + uint64(len(b)))
+		return &mwsv1.StreamResponse{Msg: &mwsv1.StreamResponse_Data{Data: &mwsv1.StreamData{Offset: off, Data: b}}}, false
+	case *muxv1.AttachResponse_UpAck:
+		return &mwsv1.StreamResponse{Msg: &mwsv1.StreamResponse_UpAck{UpAck: &mwsv1.StreamAck{Offset: m.UpAck.Offset}}}, false
+	case *muxv1.AttachResponse_Eof:
+		return &mwsv1.StreamResponse{Msg: &mwsv1.StreamResponse_Eof{Eof: &mwsv1.StreamEof{Offset: m.Eof.Offset, Error: m.Eof.Error}}}, false
+	case *muxv1.AttachResponse_Closed:
+		return &mwsv1.StreamResponse{Msg: &mwsv1.StreamResponse_Closed{Closed: &mwsv1.StreamClosed{Reason: m.Closed.Reason.String()}}}, true
+	}
+	return nil, false
+}
+
+// relayUp passes the device's bytes, acknowledgements and half-close to the
+// mux. It returns nil when the device closes its send side.
+func relayUp(ds mwsv1.Device_StreamServer, st *muxlink.Stream, delivered *atomic.Uint64) error {
+	for {
+		m, err := ds.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch m := m.Msg.(type) {
+		case *mwsv1.StreamRequest_Data:
+			if len(m.Data.Data) > muxlink.MaxChunk {
+				return rpcerr.New(codes.InvalidArgument, "CHUNK_TOO_LARGE", "chunk of %d bytes exceeds %d", len(m.Data.Data), muxlink.MaxChunk)
+			}
+			err = st.SendAt(m.Data.Offset, m.Data.Data)
+		case *mwsv1.StreamRequest_Ack:
+			if m.Ack.Offset > delivered.Load() {
+				return rpcerr.New(codes.InvalidArgument, "ACK_BEYOND_DELIVERED", "ack at %d: only %d bytes were delivered", m.Ack.Offset, delivered.Load())
+			}
+			err = st.Commit(m.Ack.Offset)
+		case *mwsv1.StreamRequest_CloseWrite:
+			err = st.CloseWrite(m.CloseWrite.Offset)
+		case *mwsv1.StreamRequest_Close:
+			// The mux answers Closed on the channel, which ends the relay.
+			ctx, cancel := context.WithTimeout(ds.Context(), 10*time.Second)
+			err = st.Close(ctx)
+			cancel()
+		default:
+			return rpcerr.New(codes.InvalidArgument, "UNEXPECTED_MESSAGE", "only Data, Ack and CloseWrite may follow Open")
+		}
+		if err != nil {
+			// The mux channel is gone; the down loop reports why.
+			return nil
+		}
+	}
+}

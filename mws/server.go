@@ -1,0 +1,242 @@
+package mws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/imashproject/imash/internal/pki"
+	"github.com/imashproject/imash/internal/rpcerr"
+	"github.com/imashproject/imash/mws/muxlink"
+	"github.com/imashproject/imash/mws/objcache"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
+)
+
+// Server is a middleware server. Create it with New, run it with Serve,
+// stop it with Close.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	grpc      *grpc.Server
+	mux       *muxlink.Client
+	transport *http.Transport
+	cache     *objcache.Cache
+	creds     *credStore
+	sessions  *sessionTable
+	events    *eventHub
+	http      map[string]bool
+
+}
+
+// New validates cfg and builds an MWS. log may be nil.
+func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("mws: invalid configuration:\n%w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("mws", cfg.Name)
+	mc, err := muxlink.Dial(cfg.MuxAddr, cfg.MuxTLS, log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, log: log, mux: mc,
+		creds:    newCredentials(cfg.CredentialTTL),
+		sessions: newSessionTable(cfg.MaxSessions, cfg.MaxSessionsPerUser),
+		events:   newEventHub(),
+		http:     map[string]bool{},
+	}
+	for _, b := range cfg.HTTPBackends {
+		s.http[b] = true
+	}
+	s.transport = &http.Transport{
+		DialContext:           s.dialBackend,
+		MaxIdleConnsPerHost:   cfg.HTTPIdleConns,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: cfg.HTTPTimeout,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+	}
+	s.cache, err = objcache.New(cfg.Cache, s.transport, log)
+	if err != nil {
+		mc.Close()
+		return nil, err
+	}
+	opts := append(pki.RequireRoles(pki.RoleDevice), s.authInterceptors()...)
+	opts = append(opts,
+		grpc.Creds(credentials.NewTLS(cfg.TLS)),
+		grpc.MaxRecvMsgSize(2*muxlink.MaxChunk+16<<10),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	s.grpc = grpc.NewServer(opts...)
+	mwsv1.RegisterDeviceServer(s.grpc, &deviceService{s: s})
+	return s, nil
+}
+
+// dialBackend opens a legacy connection through the mux for the HTTP
+// transport; the address's host is the backend name.
+func (s *Server) dialBackend(ctx context.Context, _, addr string) (net.Conn, error) {
+	backend, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		backend = addr
+	}
+	st, err := s.mux.Open(ctx, backend, s.cfg.Name+"/http")
+	if err != nil {
+		return nil, err
+	}
+	return muxlink.NewConn(st), nil
+}
+
+// Serve answers devices on lis until Close.
+func (s *Server) Serve(lis net.Listener) error {
+	s.log.Info("mws serving", "addr", lis.Addr().String(), "mux", s.cfg.MuxAddr)
+	err := s.grpc.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// Close stops serving. Legacy streams of open sessions stay open at the mux
+// (for another MWS to pick up) until their orphan timeout.
+func (s *Server) Close(ctx context.Context) error {
+	s.events.closeAll()
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-done
+	}
+	s.transport.CloseIdleConnections()
+	s.cache.Close()
+	return s.mux.Close()
+}
+
+// Stats are an MWS's counters.
+type Stats struct {
+	Sessions int
+	Cache    objcache.Stats
+}
+
+// Stats returns current counters.
+func (s *Server) Stats() Stats {
+	return Stats{Sessions: s.sessions.len(), Cache: s.cache.Stats()}
+}
+
+// Name is the MWS's name.
+func (s *Server) Name() string { return s.cfg.Name }
+
+type deviceService struct {
+	mwsv1.UnimplementedDeviceServer
+	s *Server
+}
+
+func (d *deviceService) Login(ctx context.Context, req *mwsv1.LoginRequest) (*mwsv1.LoginResponse, error) {
+	id, _ := pki.IdentityFrom(ctx)
+	if len(req.GetUser()) > 64 || len(req.GetPassword()) > 1024 {
+		return nil, rpcerr.New(codes.InvalidArgument, "FIELD_TOO_LONG", "user or password too long")
+	}
+	if err := d.s.cfg.Users.Verify(req.GetUser(), req.GetPassword()); err != nil {
+		d.s.log.Warn("login refused", "user", req.GetUser(), "device", id.Name)
+		return nil, rpcerr.New(codes.Unauthenticated, "BAD_CREDENTIALS", "wrong user name or password")
+	}
+	tok, exp := d.s.creds.issue(req.GetUser(), id.Name)
+	d.s.log.Info("login", "user", req.GetUser(), "device", id.Name)
+	return &mwsv1.LoginResponse{Credential: tok, ExpiresUnixNano: exp.UnixNano(), Mws: d.s.cfg.Name, Device: id.Name}, nil
+}
+
+func (d *deviceService) Logout(ctx context.Context, _ *mwsv1.LogoutRequest) (*mwsv1.LogoutResponse, error) {
+	d.s.creds.revoke(principalFrom(ctx).token)
+	return &mwsv1.LogoutResponse{}, nil
+}
+
+func (d *deviceService) OpenSession(ctx context.Context, req *mwsv1.OpenSessionRequest) (*mwsv1.OpenSessionResponse, error) {
+	p := principalFrom(ctx)
+	cfg := d.s.cfg
+	var errs []error
+	if req.GetApp() == "" || len(req.GetApp()) > cfg.MaxAppBytes {
+		errs = append(errs, fmt.Errorf("app name must be 1-%d bytes", cfg.MaxAppBytes))
+	}
+	if len(req.GetLabels()) > cfg.MaxLabels {
+		errs = append(errs, fmt.Errorf("%d labels exceed the limit of %d", len(req.GetLabels()), cfg.MaxLabels))
+	}
+	for _, l := range req.GetLabels() {
+		if !nameRE.MatchString(l) || len(l) > cfg.MaxLabelBytes {
+			errs = append(errs, fmt.Errorf("label %q: want 1-%d of [A-Za-z0-9._-]", l, cfg.MaxLabelBytes))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, rpcerr.New(codes.InvalidArgument, "BAD_SESSION_REQUEST", "%v", err)
+	}
+	ss, err := d.s.sessions.open(p.user, p.device, req.GetApp(), slices.Clone(req.GetLabels()))
+	if err != nil {
+		return nil, err
+	}
+	d.s.log.Info("session opened", "session", ss.id, "user", p.user, "device", p.device, "app", ss.app)
+	return &mwsv1.OpenSessionResponse{SessionId: ss.id}, nil
+}
+
+func (d *deviceService) CloseSession(ctx context.Context, req *mwsv1.CloseSessionRequest) (*mwsv1.CloseSessionResponse, error) {
+	p := principalFrom(ctx)
+	if _, err := d.s.sessions.get(p, req.GetSessionId()); err != nil {
+		return nil, err
+	}
+	ss := d.s.sessions.remove(req.GetSessionId())
+	if ss == nil {
+		return &mwsv1.CloseSessionResponse{}, nil
+	}
+	ss.mu.Lock()
+	streams := make([]*relayState, 0, len(ss.streams))
+	for _, r := range ss.streams {
+		streams = append(streams, r)
+	}
+	ss.mu.Unlock()
+	for _, r := range streams {
+		_, err := d.s.mux.API().Close(ctx, &muxv1.CloseRequest{StreamId: r.id, Epoch: r.epoch})
+		if err != nil && rpcerr.Code(err) != codes.NotFound {
+			d.s.log.Warn("closing session stream", "session", ss.id, "stream", r.id, "error", err)
+		}
+	}
+	d.s.log.Info("session closed", "session", ss.id, "user", p.user)
+	return &mwsv1.CloseSessionResponse{}, nil
+}
+
+func (d *deviceService) ListSessions(ctx context.Context, _ *mwsv1.ListSessionsRequest) (*mwsv1.ListSessionsResponse, error) {
+	out := &mwsv1.ListSessionsResponse{}
+	for _, ss := range d.s.sessions.list(principalFrom(ctx).user) {
+		out.Sessions = append(out.Sessions, ss.info())
+	}
+	return out, nil
+}
+
+func (d *deviceService) ListBackends(ctx context.Context, _ *mwsv1.ListBackendsRequest) (*mwsv1.ListBackendsResponse, error) {
+	r, err := d.s.mux.API().ListBackends(ctx, &muxv1.ListBackendsRequest{})
+	if err != nil {
+		return nil, rpcerr.New(codes.Unavailable, "MUX_UNAVAILABLE", "listing backends at the mux: %v", err)
+	}
+	out := &mwsv1.ListBackendsResponse{}
+	for _, b := range r.Backends {
+		kinds := []string{"stream"}
+		if d.s.http[b.Name] {
+			kinds = []string{"http", "stream"}
+		}
+		out.Backends = append(out.Backends, &mwsv1.BackendInfo{Name: b.Name, Kinds: kinds})
+	}
+	return out, nil
+}

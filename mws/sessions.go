@@ -1,0 +1,137 @@
+package mws
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/imashproject/imash/internal/rpcerr"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+)
+
+// session is one application session: its user, device, streams and the
+// server objects it has fetched (which a savepoint may refer to).
+type session struct {
+	id      string
+	user    string
+	app     string
+	labels  []string
+	created time.Time
+
+	mu      sync.Mutex
+	device  string
+	streams map[string]*relayState
+	objects map[string]struct{}
+}
+
+// relayState is what the session remembers of a raw stream between device
+// connections: enough to attach to it again at the mux.
+type relayState struct {
+	id      string
+	backend string
+	epoch   uint64
+	active  bool // a device Stream call is relaying it now
+}
+
+func (ss *session) info() *mwsv1.SessionInfo {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return &mwsv1.SessionInfo{
+		SessionId: ss.id, User: ss.user, App: ss.app, Labels: slices.Clone(ss.labels), Device: ss.device,
+		CreatedUnixNano: ss.created.UnixNano(), Streams: int32(len(ss.streams)), Objects: int32(len(ss.objects)),
+	}
+}
+
+func (ss *session) addObject(digest string) {
+	ss.mu.Lock()
+	ss.objects[digest] = struct{}{}
+	ss.mu.Unlock()
+}
+
+// sessionTable is the session manager's index.
+type sessionTable struct {
+	mu         sync.Mutex
+	byID       map[string]*session
+	perUser    map[string]int
+	max        int
+	maxPerUser int
+}
+
+func newSessionTable(max, maxPerUser int) *sessionTable {
+	return &sessionTable{byID: map[string]*session{}, perUser: map[string]int{}, max: max, maxPerUser: maxPerUser}
+}
+
+func (t *sessionTable) open(user, device, app string, labels []string) (*session, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.byID) >= t.max {
+		return nil, rpcerr.New(codes.ResourceExhausted, "TOO_MANY_SESSIONS", "this MWS holds its limit of %d sessions", t.max)
+	}
+	if t.perUser[user] >= t.maxPerUser {
+		return nil, rpcerr.New(codes.ResourceExhausted, "TOO_MANY_USER_SESSIONS", "user %q holds the limit of %d sessions", user, t.maxPerUser)
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	ss := &session{
+		id: hex.EncodeToString(b[:]), user: user, device: device, app: app, labels: labels, created: time.Now(),
+		streams: map[string]*relayState{}, objects: map[string]struct{}{},
+	}
+	t.byID[ss.id] = ss
+	t.perUser[user]++
+	return ss, nil
+}
+
+// get returns the session if the principal may use it. A session of
+// another user is reported as not found, so ids cannot be probed.
+func (t *sessionTable) get(p principal, id string) (*session, error) {
+	t.mu.Lock()
+	ss := t.byID[id]
+	t.mu.Unlock()
+	if ss == nil || ss.user != p.user {
+		return nil, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "no session %q for user %q", id, p.user)
+	}
+	ss.mu.Lock()
+	dev := ss.device
+	ss.mu.Unlock()
+	if dev != p.device {
+		return nil, rpcerr.New(codes.PermissionDenied, "SESSION_ON_OTHER_DEVICE", "session %q is on device %q", id, dev)
+	}
+	return ss, nil
+}
+
+func (t *sessionTable) remove(id string) *session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ss := t.byID[id]
+	if ss == nil {
+		return nil
+	}
+	delete(t.byID, id)
+	if t.perUser[ss.user]--; t.perUser[ss.user] <= 0 {
+		delete(t.perUser, ss.user)
+	}
+	return ss
+}
+
+func (t *sessionTable) list(user string) []*session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []*session
+	for _, ss := range t.byID {
+		if user == "" || ss.user == user {
+			out = append(out, ss)
+		}
+	}
+	slices.SortFunc(out, func(a, b *session) int { return a.created.Compare(b.created) })
+	return out
+}
+
+func (t *sessionTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID)
+}
