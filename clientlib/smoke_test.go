@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/imashproject/imash/clientlib"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 	"github.com/imashproject/imash/testbed/cluster"
 	"github.com/imashproject/imash/testbed/legacy"
-	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 )
 
 func TestEndToEndSmoke(t *testing.T) {

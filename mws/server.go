@@ -19,8 +19,8 @@ import (
 	"github.com/imashproject/imash/internal/rpcerr"
 	"github.com/imashproject/imash/mws/muxlink"
 	"github.com/imashproject/imash/mws/objcache"
-	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 )
 
 // Server is a middleware server. Create it with New, run it with Serve,
@@ -36,7 +36,6 @@ type Server struct {
 	sessions  *sessionTable
 	events    *eventHub
 	http      map[string]bool
-
 }
 
 // New validates cfg and builds an MWS. log may be nil.
