@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/imashproject/imash/internal/pki"
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
@@ -178,7 +179,7 @@ func (c *Client) OpenSession(ctx context.Context, app string, labels ...string) 
 	if err != nil {
 		return nil, err
 	}
-	return &Session{c: c, id: r.SessionId, app: app}, nil
+	return &Session{c: c, id: r.SessionId, app: app, key: r.SessionKey}, nil
 }
 
 // SessionInfo describes a session at the MWS.
@@ -241,6 +242,38 @@ type Session struct {
 	c   *Client
 	id  string
 	app string
+
+	mu        sync.RWMutex
+	key       string // rotates at every handoff
+	conns     map[*Conn]struct{}
+	provider  SavepointFunc
+	handedOff bool
+
+	// Restored is the state taken back from the MWS after a handoff that
+	// was rolled back (set when Handoff returns ErrRolledBack).
+	Restored *Resumed
+}
+
+func (s *Session) track(c *Conn) {
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = map[*Conn]struct{}{}
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Session) untrack(c *Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// ctx returns ctx carrying the session key.
+func (s *Session) ctx(ctx context.Context) context.Context {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return metadata.AppendToOutgoingContext(ctx, "imash-session-key", s.key)
 }
 
 // ID is the session's id at the MWS.
@@ -248,6 +281,6 @@ func (s *Session) ID() string { return s.id }
 
 // Close ends the session at the MWS and closes its legacy streams.
 func (s *Session) Close(ctx context.Context) error {
-	_, err := s.c.api.CloseSession(ctx, &mwsv1.CloseSessionRequest{SessionId: s.id})
+	_, err := s.c.api.CloseSession(s.ctx(ctx), &mwsv1.CloseSessionRequest{SessionId: s.id})
 	return err
 }

@@ -34,6 +34,10 @@ type Conn struct {
 	sendMu sync.Mutex
 	upNext uint64
 
+	ackMu   sync.Mutex
+	upAcked uint64        // up bytes the mux has accepted
+	ackWake chan struct{} // closed and replaced when upAcked grows
+
 	msgs     chan *mwsv1.StreamResponse
 	recvDone chan struct{}
 	recvErr  error
@@ -65,7 +69,7 @@ func (s *Session) Resume(ctx context.Context, streamID string, offset uint64) (*
 func (s *Session) openStream(ctx context.Context, open *mwsv1.StreamOpen, backend string) (*Conn, error) {
 	sctx, cancel := context.WithCancel(context.Background())
 	stop := context.AfterFunc(ctx, cancel)
-	st, err := s.c.api.Stream(sctx)
+	st, err := s.c.api.Stream(s.ctx(sctx))
 	if err == nil {
 		err = st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: open}})
 	}
@@ -87,10 +91,11 @@ func (s *Session) openStream(ctx context.Context, open *mwsv1.StreamOpen, backen
 	}
 	c := &Conn{
 		s: s, backend: backend, streamID: op.StreamId, cancel: cancel, st: st,
-		upNext: op.UpOffset, next: op.DownOffset, acked: op.DownOffset,
+		upNext: op.UpOffset, upAcked: op.UpOffset, ackWake: make(chan struct{}), next: op.DownOffset, acked: op.DownOffset,
 		msgs: make(chan *mwsv1.StreamResponse, 32), recvDone: make(chan struct{}), dlChange: make(chan struct{}),
 	}
 	go c.recvLoop()
+	s.track(c)
 	return c, nil
 }
 
@@ -118,6 +123,16 @@ func (c *Conn) recvLoop() {
 				c.recvErr = err
 			}
 			return
+		}
+		if a := m.GetUpAck(); a != nil {
+			c.ackMu.Lock()
+			if a.Offset > c.upAcked {
+				c.upAcked = a.Offset
+				close(c.ackWake)
+				c.ackWake = make(chan struct{})
+			}
+			c.ackMu.Unlock()
+			continue
 		}
 		c.msgs <- m
 	}
@@ -274,7 +289,48 @@ func (c *Conn) Close() error {
 // connection; Resume attaches again.
 func (c *Conn) Detach() {
 	c.cancel()
+	c.s.untrack(c)
 }
+
+// freeze prepares the stream for a handoff: it waits until every byte the
+// app wrote is accepted by the mux, acknowledges every byte the app has
+// read (bytes received but not read are delivered again to whoever
+// resumes), and detaches. It returns the offset the app has read to.
+func (c *Conn) freeze(ctx context.Context) (uint64, error) {
+	c.sendMu.Lock()
+	want := c.upNext
+	c.sendMu.Unlock()
+	for {
+		c.ackMu.Lock()
+		got, wake := c.upAcked, c.ackWake
+		c.ackMu.Unlock()
+		if got >= want {
+			break
+		}
+		select {
+		case <-wake:
+		case <-c.recvDone:
+			return 0, fmt.Errorf("clientlib: stream %s ended before its bytes were accepted", c.streamID)
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	c.readMu.Lock()
+	read := c.next
+	err := c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Ack{Ack: &mwsv1.StreamAck{Offset: read}}})
+	c.acked = read
+	c.readErr = ErrHandedOff
+	c.readMu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	c.Detach()
+	return read, nil
+}
+
+// ErrHandedOff is returned by a Conn whose session was handed to another
+// device.
+var ErrHandedOff = errors.New("clientlib: the session was handed off")
 
 // LocalAddr implements net.Conn.
 func (c *Conn) LocalAddr() net.Addr { return streamAddr("device") }

@@ -50,7 +50,7 @@ func (s *Session) Get(ctx context.Context, backend, path string, opts ...GetOpti
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := s.c.api.Get(ctx, req)
+	st, err := s.c.api.Get(s.ctx(ctx), req)
 	if err != nil {
 		return nil, err
 	}

@@ -137,3 +137,17 @@ type ctxStream struct {
 }
 
 func (c *ctxStream) Context() context.Context { return c.ctx }
+
+// sessionKeyHeader is the metadata key of the session key.
+const sessionKeyHeader = "imash-session-key"
+
+// session returns the session id of the calling principal, checking the
+// session key the call carries.
+func (s *Server) session(ctx context.Context, id string) (*session, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	var key string
+	if v := md.Get(sessionKeyHeader); len(v) == 1 {
+		key = v[0]
+	}
+	return s.sessions.get(principalFrom(ctx), id, key)
+}

@@ -63,6 +63,26 @@ type Config struct {
 	HTTPIdleConns int
 	// HTTPTimeout bounds one exchange with a legacy HTTP server.
 	HTTPTimeout time.Duration
+
+	// Policy says which sessions may move to which device classes (nil:
+	// every move is allowed).
+	Policy *Policy
+	// Adapter adapts server objects for a handoff's target (nil:
+	// IdentityAdapter).
+	Adapter Adapter
+	// ConsentTimeout bounds the wait for an online target's consent;
+	// ParkExpiry how long a handoff to an offline device stays parked.
+	ConsentTimeout time.Duration
+	ParkExpiry     time.Duration
+	// SavepointTimeout bounds the source's upload; ResumeTimeout the
+	// target's Resume after the summary.
+	SavepointTimeout time.Duration
+	ResumeTimeout    time.Duration
+	// MaxSavepointElements, MaxSavepointBytes and MaxElementBytes bound a
+	// savepoint (application data; server objects count by reference).
+	MaxSavepointElements int
+	MaxSavepointBytes    int
+	MaxElementBytes      int
 }
 
 // NewDefaultConfig returns production defaults (no name, TLS, mux or
@@ -83,6 +103,13 @@ func NewDefaultConfig() Config {
 		GetChunk:             256 << 10,
 		HTTPIdleConns:        8,
 		HTTPTimeout:          60 * time.Second,
+		ConsentTimeout:       30 * time.Second,
+		ParkExpiry:           5 * time.Minute,
+		SavepointTimeout:     30 * time.Second,
+		ResumeTimeout:        30 * time.Second,
+		MaxSavepointElements: 1024,
+		MaxSavepointBytes:    16 << 20,
+		MaxElementBytes:      3 << 20,
 	}
 }
 
@@ -119,7 +146,8 @@ func (c Config) Validate() error {
 		{"MaxStreamsPerSession", c.MaxStreamsPerSession}, {"MaxPathBytes", c.MaxPathBytes},
 		{"MaxHeaders", c.MaxHeaders}, {"MaxHeaderBytes", c.MaxHeaderBytes}, {"MaxLabels", c.MaxLabels},
 		{"MaxLabelBytes", c.MaxLabelBytes}, {"MaxAppBytes", c.MaxAppBytes}, {"GetChunk", c.GetChunk},
-		{"HTTPIdleConns", c.HTTPIdleConns},
+		{"HTTPIdleConns", c.HTTPIdleConns}, {"MaxSavepointElements", c.MaxSavepointElements},
+		{"MaxSavepointBytes", c.MaxSavepointBytes}, {"MaxElementBytes", c.MaxElementBytes},
 	}
 	for _, p := range positive {
 		if p.v < 1 {
@@ -131,6 +159,17 @@ func (c Config) Validate() error {
 	}
 	if c.CredentialTTL <= 0 {
 		errs = append(errs, fmt.Errorf("CredentialTTL %v: want > 0", c.CredentialTTL))
+	}
+	if c.MaxElementBytes > 3<<20 {
+		errs = append(errs, fmt.Errorf("MaxElementBytes %d: want at most 3 MiB (one gRPC message)", c.MaxElementBytes))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"ConsentTimeout", c.ConsentTimeout}, {"ParkExpiry", c.ParkExpiry}, {"SavepointTimeout", c.SavepointTimeout}, {"ResumeTimeout", c.ResumeTimeout}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s %v: want > 0", d.name, d.v))
+		}
 	}
 	if c.HTTPTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("HTTPTimeout %v: want > 0", c.HTTPTimeout))

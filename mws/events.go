@@ -84,6 +84,9 @@ func (d *deviceService) Events(_ *mwsv1.EventsRequest, out mwsv1.Device_EventsSe
 	if err := out.Send(&mwsv1.Event{UnixNano: time.Now().UnixNano(), Msg: &mwsv1.Event_Connected{Connected: &mwsv1.Connected{Mws: d.s.cfg.Name, Device: p.device}}}); err != nil {
 		return err
 	}
+	// Online now: parked handoffs for this device are offered again.
+	d.s.registry.online(p.user, p.device, true)
+	defer d.s.registry.online(p.user, p.device, false)
 	for {
 		select {
 		case ev := <-sub.ch:

@@ -25,7 +25,7 @@ func (d *deviceService) Get(req *mwsv1.GetRequest, out mwsv1.Device_GetServer) e
 	s := d.s
 	ctx := out.Context()
 	p := principalFrom(ctx)
-	ss, err := s.sessions.get(p, req.GetSessionId())
+	ss, err := s.session(ctx, req.GetSessionId())
 	if err != nil {
 		return err
 	}

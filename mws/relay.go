@@ -25,7 +25,6 @@ import (
 func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 	s := d.s
 	ctx := ds.Context()
-	p := principalFrom(ctx)
 	first, err := ds.Recv()
 	if err != nil {
 		return err
@@ -34,7 +33,7 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 	if open == nil {
 		return rpcerr.New(codes.InvalidArgument, "OPEN_REQUIRED", "the first message of Stream must be an Open")
 	}
-	ss, err := s.sessions.get(p, open.GetSessionId())
+	ss, err := s.session(ctx, open.GetSessionId())
 	if err != nil {
 		return err
 	}

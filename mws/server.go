@@ -35,6 +35,8 @@ type Server struct {
 	creds     *credStore
 	sessions  *sessionTable
 	events    *eventHub
+	registry  *registry
+	handoffs  *handoffTable
 	http      map[string]bool
 }
 
@@ -56,8 +58,14 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		creds:    newCredentials(cfg.CredentialTTL),
 		sessions: newSessionTable(cfg.MaxSessions, cfg.MaxSessionsPerUser),
 		events:   newEventHub(),
+		registry: newRegistry(),
+		handoffs: newHandoffTable(cfg.ConsentTimeout),
 		http:     map[string]bool{},
 	}
+	if s.cfg.Adapter == nil {
+		s.cfg.Adapter = IdentityAdapter{}
+	}
+	s.registry.onOnline = s.deviceOnline
 	for _, b := range cfg.HTTPBackends {
 		s.http[b] = true
 	}
@@ -77,7 +85,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	opts := append(pki.RequireRoles(pki.RoleDevice), s.authInterceptors()...)
 	opts = append(opts,
 		grpc.Creds(credentials.NewTLS(cfg.TLS)),
-		grpc.MaxRecvMsgSize(2*muxlink.MaxChunk+16<<10),
+		grpc.MaxRecvMsgSize(4<<20), // savepoint uploads; raw stream chunks are checked separately
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
@@ -156,6 +164,7 @@ func (d *deviceService) Login(ctx context.Context, req *mwsv1.LoginRequest) (*mw
 		return nil, rpcerr.New(codes.Unauthenticated, "BAD_CREDENTIALS", "wrong user name or password")
 	}
 	tok, exp := d.s.creds.issue(req.GetUser(), id.Name)
+	d.s.registry.seen(req.GetUser(), id.Name)
 	d.s.log.Info("login", "user", req.GetUser(), "device", id.Name)
 	return &mwsv1.LoginResponse{Credential: tok, ExpiresUnixNano: exp.UnixNano(), Mws: d.s.cfg.Name, Device: id.Name}, nil
 }
@@ -183,17 +192,17 @@ func (d *deviceService) OpenSession(ctx context.Context, req *mwsv1.OpenSessionR
 	if err := errors.Join(errs...); err != nil {
 		return nil, rpcerr.New(codes.InvalidArgument, "BAD_SESSION_REQUEST", "%v", err)
 	}
-	ss, err := d.s.sessions.open(p.user, p.device, req.GetApp(), slices.Clone(req.GetLabels()))
+	ss, key, err := d.s.sessions.open(p.user, p.device, req.GetApp(), slices.Clone(req.GetLabels()))
 	if err != nil {
 		return nil, err
 	}
 	d.s.log.Info("session opened", "session", ss.id, "user", p.user, "device", p.device, "app", ss.app)
-	return &mwsv1.OpenSessionResponse{SessionId: ss.id}, nil
+	return &mwsv1.OpenSessionResponse{SessionId: ss.id, SessionKey: key}, nil
 }
 
 func (d *deviceService) CloseSession(ctx context.Context, req *mwsv1.CloseSessionRequest) (*mwsv1.CloseSessionResponse, error) {
 	p := principalFrom(ctx)
-	if _, err := d.s.sessions.get(p, req.GetSessionId()); err != nil {
+	if _, err := d.s.session(ctx, req.GetSessionId()); err != nil {
 		return nil, err
 	}
 	ss := d.s.sessions.remove(req.GetSessionId())

@@ -2,6 +2,9 @@ package mws
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"slices"
 	"sync"
@@ -24,8 +27,23 @@ type session struct {
 
 	mu      sync.Mutex
 	device  string
+	keyHash [32]byte // SHA-256 of the session key; rotates at every handoff
 	streams map[string]*relayState
 	objects map[string]struct{}
+	// savepoint is the merged semantic savepoint, by element name.
+	savepoint map[string]*storedElement
+	// handoff is the handoff in progress, if any.
+	handoff *handoff
+}
+
+// rotateKeyLocked gives the session a new key and returns it; the old key
+// no longer works.
+func (ss *session) rotateKeyLocked() string {
+	var raw [32]byte
+	_, _ = rand.Read(raw[:])
+	key := base64.RawURLEncoding.EncodeToString(raw[:])
+	ss.keyHash = sha256.Sum256([]byte(key))
+	return key
 }
 
 // relayState is what the session remembers of a raw stream between device
@@ -65,29 +83,31 @@ func newSessionTable(max, maxPerUser int) *sessionTable {
 	return &sessionTable{byID: map[string]*session{}, perUser: map[string]int{}, max: max, maxPerUser: maxPerUser}
 }
 
-func (t *sessionTable) open(user, device, app string, labels []string) (*session, error) {
+func (t *sessionTable) open(user, device, app string, labels []string) (*session, string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.byID) >= t.max {
-		return nil, rpcerr.New(codes.ResourceExhausted, "TOO_MANY_SESSIONS", "this MWS holds its limit of %d sessions", t.max)
+		return nil, "", rpcerr.New(codes.ResourceExhausted, "TOO_MANY_SESSIONS", "this MWS holds its limit of %d sessions", t.max)
 	}
 	if t.perUser[user] >= t.maxPerUser {
-		return nil, rpcerr.New(codes.ResourceExhausted, "TOO_MANY_USER_SESSIONS", "user %q holds the limit of %d sessions", user, t.maxPerUser)
+		return nil, "", rpcerr.New(codes.ResourceExhausted, "TOO_MANY_USER_SESSIONS", "user %q holds the limit of %d sessions", user, t.maxPerUser)
 	}
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	ss := &session{
 		id: hex.EncodeToString(b[:]), user: user, device: device, app: app, labels: labels, created: time.Now(),
-		streams: map[string]*relayState{}, objects: map[string]struct{}{},
+		streams: map[string]*relayState{}, objects: map[string]struct{}{}, savepoint: map[string]*storedElement{},
 	}
+	key := ss.rotateKeyLocked()
 	t.byID[ss.id] = ss
 	t.perUser[user]++
-	return ss, nil
+	return ss, key, nil
 }
 
-// get returns the session if the principal may use it. A session of
-// another user is reported as not found, so ids cannot be probed.
-func (t *sessionTable) get(p principal, id string) (*session, error) {
+// get returns the session if the principal may use it with key. A
+// session of another user is reported as not found, so ids cannot be
+// probed.
+func (t *sessionTable) get(p principal, id, key string) (*session, error) {
 	t.mu.Lock()
 	ss := t.byID[id]
 	t.mu.Unlock()
@@ -95,10 +115,13 @@ func (t *sessionTable) get(p principal, id string) (*session, error) {
 		return nil, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "no session %q for user %q", id, p.user)
 	}
 	ss.mu.Lock()
-	dev := ss.device
+	dev, kh := ss.device, ss.keyHash
 	ss.mu.Unlock()
 	if dev != p.device {
 		return nil, rpcerr.New(codes.PermissionDenied, "SESSION_ON_OTHER_DEVICE", "session %q is on device %q", id, dev)
+	}
+	if h := sha256.Sum256([]byte(key)); subtle.ConstantTimeCompare(h[:], kh[:]) != 1 {
+		return nil, rpcerr.New(codes.Unauthenticated, "BAD_SESSION_KEY", "session key missing, wrong or revoked (it rotates at every handoff)")
 	}
 	return ss, nil
 }
@@ -135,3 +158,5 @@ func (t *sessionTable) len() int {
 	defer t.mu.Unlock()
 	return len(t.byID)
 }
+
+func sha256Of(s string) [32]byte { return sha256.Sum256([]byte(s)) }

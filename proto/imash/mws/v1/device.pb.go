@@ -342,8 +342,11 @@ func (x *OpenSessionRequest) GetLabels() []string {
 }
 
 type OpenSessionResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// The session key: every call on the session carries it as metadata
+	// "imash-session-key". It rotates at every handoff.
+	SessionKey    string `protobuf:"bytes,2,opt,name=session_key,json=sessionKey,proto3" json:"session_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -381,6 +384,13 @@ func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
 func (x *OpenSessionResponse) GetSessionId() string {
 	if x != nil {
 		return x.SessionId
+	}
+	return ""
+}
+
+func (x *OpenSessionResponse) GetSessionKey() string {
+	if x != nil {
+		return x.SessionKey
 	}
 	return ""
 }
@@ -1734,6 +1744,8 @@ type Event struct {
 	//
 	//	*Event_Connected
 	//	*Event_Notice
+	//	*Event_Offer
+	//	*Event_Summary
 	Msg           isEvent_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1801,6 +1813,24 @@ func (x *Event) GetNotice() *Notice {
 	return nil
 }
 
+func (x *Event) GetOffer() *HandoffOffer {
+	if x != nil {
+		if x, ok := x.Msg.(*Event_Offer); ok {
+			return x.Offer
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetSummary() *StateSummary {
+	if x != nil {
+		if x, ok := x.Msg.(*Event_Summary); ok {
+			return x.Summary
+		}
+	}
+	return nil
+}
+
 type isEvent_Msg interface {
 	isEvent_Msg()
 }
@@ -1815,9 +1845,23 @@ type Event_Notice struct {
 	Notice *Notice `protobuf:"bytes,3,opt,name=notice,proto3,oneof"`
 }
 
+type Event_Offer struct {
+	// A handoff offer to this device (CASH target).
+	Offer *HandoffOffer `protobuf:"bytes,4,opt,name=offer,proto3,oneof"`
+}
+
+type Event_Summary struct {
+	// The state summary of an accepted handoff.
+	Summary *StateSummary `protobuf:"bytes,5,opt,name=summary,proto3,oneof"`
+}
+
 func (*Event_Connected) isEvent_Msg() {}
 
 func (*Event_Notice) isEvent_Msg() {}
+
+func (*Event_Offer) isEvent_Msg() {}
+
+func (*Event_Summary) isEvent_Msg() {}
 
 type Connected struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1919,7 +1963,7 @@ var File_imash_mws_v1_device_proto protoreflect.FileDescriptor
 
 const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x19imash/mws/v1/device.proto\x12\fimash.mws.v1\">\n" +
+	"\x19imash/mws/v1/device.proto\x12\fimash.mws.v1\x1a\x1aimash/mws/v1/handoff.proto\">\n" +
 	"\fLoginRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\"\x85\x01\n" +
@@ -1934,10 +1978,12 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\x0eLogoutResponse\">\n" +
 	"\x12OpenSessionRequest\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x16\n" +
-	"\x06labels\x18\x02 \x03(\tR\x06labels\"4\n" +
+	"\x06labels\x18\x02 \x03(\tR\x06labels\"U\n" +
 	"\x13OpenSessionResponse\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x01 \x01(\tR\tsessionId\"4\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n" +
+	"\vsession_key\x18\x02 \x01(\tR\n" +
+	"sessionKey\"4\n" +
 	"\x13CloseSessionRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x16\n" +
@@ -2027,11 +2073,13 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"&\n" +
 	"\fStreamClosed\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x0f\n" +
-	"\rEventsRequest\"\x94\x01\n" +
+	"\rEventsRequest\"\x80\x02\n" +
 	"\x05Event\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x127\n" +
 	"\tconnected\x18\x02 \x01(\v2\x17.imash.mws.v1.ConnectedH\x00R\tconnected\x12.\n" +
-	"\x06notice\x18\x03 \x01(\v2\x14.imash.mws.v1.NoticeH\x00R\x06noticeB\x05\n" +
+	"\x06notice\x18\x03 \x01(\v2\x14.imash.mws.v1.NoticeH\x00R\x06notice\x122\n" +
+	"\x05offer\x18\x04 \x01(\v2\x1a.imash.mws.v1.HandoffOfferH\x00R\x05offer\x126\n" +
+	"\asummary\x18\x05 \x01(\v2\x1a.imash.mws.v1.StateSummaryH\x00R\asummaryB\x05\n" +
 	"\x03msg\"5\n" +
 	"\tConnected\x12\x10\n" +
 	"\x03mws\x18\x01 \x01(\tR\x03mws\x12\x16\n" +
@@ -2043,7 +2091,7 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\x12CACHE_OUTCOME_MISS\x10\x01\x12\x15\n" +
 	"\x11CACHE_OUTCOME_HIT\x10\x02\x12\x1d\n" +
 	"\x19CACHE_OUTCOME_REVALIDATED\x10\x03\x12\x1a\n" +
-	"\x16CACHE_OUTCOME_UNCACHED\x10\x042\xad\x05\n" +
+	"\x16CACHE_OUTCOME_UNCACHED\x10\x042\xeb\a\n" +
 	"\x06Device\x12@\n" +
 	"\x05Login\x12\x1a.imash.mws.v1.LoginRequest\x1a\x1b.imash.mws.v1.LoginResponse\x12C\n" +
 	"\x06Logout\x12\x1b.imash.mws.v1.LogoutRequest\x1a\x1c.imash.mws.v1.LogoutResponse\x12R\n" +
@@ -2053,7 +2101,11 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\fListBackends\x12!.imash.mws.v1.ListBackendsRequest\x1a\".imash.mws.v1.ListBackendsResponse\x12<\n" +
 	"\x03Get\x12\x18.imash.mws.v1.GetRequest\x1a\x19.imash.mws.v1.GetResponse0\x01\x12G\n" +
 	"\x06Stream\x12\x1b.imash.mws.v1.StreamRequest\x1a\x1c.imash.mws.v1.StreamResponse(\x010\x01\x12<\n" +
-	"\x06Events\x12\x1b.imash.mws.v1.EventsRequest\x1a\x13.imash.mws.v1.Event0\x01B8Z6github.com/imashproject/imash/proto/imash/mws/v1;mwsv1b\x06proto3"
+	"\x06Events\x12\x1b.imash.mws.v1.EventsRequest\x1a\x13.imash.mws.v1.Event0\x01\x12R\n" +
+	"\vListDevices\x12 .imash.mws.v1.ListDevicesRequest\x1a!.imash.mws.v1.ListDevicesResponse\x12M\n" +
+	"\aHandoff\x12\x1e.imash.mws.v1.HandoffClientMsg\x1a\x1e.imash.mws.v1.HandoffServerMsg(\x010\x01\x12R\n" +
+	"\vAnswerOffer\x12 .imash.mws.v1.AnswerOfferRequest\x1a!.imash.mws.v1.AnswerOfferResponse\x12E\n" +
+	"\x06Resume\x12\x1b.imash.mws.v1.ResumeRequest\x1a\x1c.imash.mws.v1.ResumeResponse0\x01B8Z6github.com/imashproject/imash/proto/imash/mws/v1;mwsv1b\x06proto3"
 
 var (
 	file_imash_mws_v1_device_proto_rawDescOnce sync.Once
@@ -2104,6 +2156,16 @@ var file_imash_mws_v1_device_proto_goTypes = []any{
 	(*Notice)(nil),               // 31: imash.mws.v1.Notice
 	nil,                          // 32: imash.mws.v1.GetRequest.HeadersEntry
 	nil,                          // 33: imash.mws.v1.ObjectMeta.HeadersEntry
+	(*HandoffOffer)(nil),         // 34: imash.mws.v1.HandoffOffer
+	(*StateSummary)(nil),         // 35: imash.mws.v1.StateSummary
+	(*ListDevicesRequest)(nil),   // 36: imash.mws.v1.ListDevicesRequest
+	(*HandoffClientMsg)(nil),     // 37: imash.mws.v1.HandoffClientMsg
+	(*AnswerOfferRequest)(nil),   // 38: imash.mws.v1.AnswerOfferRequest
+	(*ResumeRequest)(nil),        // 39: imash.mws.v1.ResumeRequest
+	(*ListDevicesResponse)(nil),  // 40: imash.mws.v1.ListDevicesResponse
+	(*HandoffServerMsg)(nil),     // 41: imash.mws.v1.HandoffServerMsg
+	(*AnswerOfferResponse)(nil),  // 42: imash.mws.v1.AnswerOfferResponse
+	(*ResumeResponse)(nil),       // 43: imash.mws.v1.ResumeResponse
 }
 var file_imash_mws_v1_device_proto_depIdxs = []int32{
 	10, // 0: imash.mws.v1.ListSessionsResponse.sessions:type_name -> imash.mws.v1.SessionInfo
@@ -2124,29 +2186,39 @@ var file_imash_mws_v1_device_proto_depIdxs = []int32{
 	27, // 15: imash.mws.v1.StreamResponse.closed:type_name -> imash.mws.v1.StreamClosed
 	30, // 16: imash.mws.v1.Event.connected:type_name -> imash.mws.v1.Connected
 	31, // 17: imash.mws.v1.Event.notice:type_name -> imash.mws.v1.Notice
-	1,  // 18: imash.mws.v1.Device.Login:input_type -> imash.mws.v1.LoginRequest
-	3,  // 19: imash.mws.v1.Device.Logout:input_type -> imash.mws.v1.LogoutRequest
-	5,  // 20: imash.mws.v1.Device.OpenSession:input_type -> imash.mws.v1.OpenSessionRequest
-	7,  // 21: imash.mws.v1.Device.CloseSession:input_type -> imash.mws.v1.CloseSessionRequest
-	9,  // 22: imash.mws.v1.Device.ListSessions:input_type -> imash.mws.v1.ListSessionsRequest
-	12, // 23: imash.mws.v1.Device.ListBackends:input_type -> imash.mws.v1.ListBackendsRequest
-	15, // 24: imash.mws.v1.Device.Get:input_type -> imash.mws.v1.GetRequest
-	18, // 25: imash.mws.v1.Device.Stream:input_type -> imash.mws.v1.StreamRequest
-	28, // 26: imash.mws.v1.Device.Events:input_type -> imash.mws.v1.EventsRequest
-	2,  // 27: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
-	4,  // 28: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
-	6,  // 29: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
-	8,  // 30: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
-	11, // 31: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
-	14, // 32: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
-	17, // 33: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
-	24, // 34: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
-	29, // 35: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
-	27, // [27:36] is the sub-list for method output_type
-	18, // [18:27] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	34, // 18: imash.mws.v1.Event.offer:type_name -> imash.mws.v1.HandoffOffer
+	35, // 19: imash.mws.v1.Event.summary:type_name -> imash.mws.v1.StateSummary
+	1,  // 20: imash.mws.v1.Device.Login:input_type -> imash.mws.v1.LoginRequest
+	3,  // 21: imash.mws.v1.Device.Logout:input_type -> imash.mws.v1.LogoutRequest
+	5,  // 22: imash.mws.v1.Device.OpenSession:input_type -> imash.mws.v1.OpenSessionRequest
+	7,  // 23: imash.mws.v1.Device.CloseSession:input_type -> imash.mws.v1.CloseSessionRequest
+	9,  // 24: imash.mws.v1.Device.ListSessions:input_type -> imash.mws.v1.ListSessionsRequest
+	12, // 25: imash.mws.v1.Device.ListBackends:input_type -> imash.mws.v1.ListBackendsRequest
+	15, // 26: imash.mws.v1.Device.Get:input_type -> imash.mws.v1.GetRequest
+	18, // 27: imash.mws.v1.Device.Stream:input_type -> imash.mws.v1.StreamRequest
+	28, // 28: imash.mws.v1.Device.Events:input_type -> imash.mws.v1.EventsRequest
+	36, // 29: imash.mws.v1.Device.ListDevices:input_type -> imash.mws.v1.ListDevicesRequest
+	37, // 30: imash.mws.v1.Device.Handoff:input_type -> imash.mws.v1.HandoffClientMsg
+	38, // 31: imash.mws.v1.Device.AnswerOffer:input_type -> imash.mws.v1.AnswerOfferRequest
+	39, // 32: imash.mws.v1.Device.Resume:input_type -> imash.mws.v1.ResumeRequest
+	2,  // 33: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
+	4,  // 34: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
+	6,  // 35: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
+	8,  // 36: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
+	11, // 37: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
+	14, // 38: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
+	17, // 39: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
+	24, // 40: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
+	29, // 41: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
+	40, // 42: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
+	41, // 43: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
+	42, // 44: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
+	43, // 45: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
+	33, // [33:46] is the sub-list for method output_type
+	20, // [20:33] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_imash_mws_v1_device_proto_init() }
@@ -2154,6 +2226,7 @@ func file_imash_mws_v1_device_proto_init() {
 	if File_imash_mws_v1_device_proto != nil {
 		return
 	}
+	file_imash_mws_v1_handoff_proto_init()
 	file_imash_mws_v1_device_proto_msgTypes[16].OneofWrappers = []any{
 		(*GetResponse_Meta)(nil),
 		(*GetResponse_Chunk)(nil),
@@ -2175,6 +2248,8 @@ func file_imash_mws_v1_device_proto_init() {
 	file_imash_mws_v1_device_proto_msgTypes[28].OneofWrappers = []any{
 		(*Event_Connected)(nil),
 		(*Event_Notice)(nil),
+		(*Event_Offer)(nil),
+		(*Event_Summary)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -41,6 +41,10 @@ const (
 	Device_Get_FullMethodName          = "/imash.mws.v1.Device/Get"
 	Device_Stream_FullMethodName       = "/imash.mws.v1.Device/Stream"
 	Device_Events_FullMethodName       = "/imash.mws.v1.Device/Events"
+	Device_ListDevices_FullMethodName  = "/imash.mws.v1.Device/ListDevices"
+	Device_Handoff_FullMethodName      = "/imash.mws.v1.Device/Handoff"
+	Device_AnswerOffer_FullMethodName  = "/imash.mws.v1.Device/AnswerOffer"
+	Device_Resume_FullMethodName       = "/imash.mws.v1.Device/Resume"
 )
 
 // DeviceClient is the client API for Device service.
@@ -77,6 +81,27 @@ type DeviceClient interface {
 	// Events is this device's server-push channel (handoff invitations and
 	// offers arrive here). One per device; a new call replaces the old one.
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// ListDevices lists the user's devices with their presence: the targets
+	// a handoff may name.
+	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
+	// Handoff moves a session from the calling (source) device to another
+	// device of the user (CASH), in the paper's order: the source sends
+	// HandoffStart; the MWS checks its policy and asks the target, which
+	// consents on its Events channel (AnswerOffer); the MWS invites the source
+	// to savepoint; the source uploads its application objects and object
+	// references and receives SavepointAck, after which it may drop all
+	// session knowledge; the target receives the state summary, selects
+	// elements (Resume) and resumes; the source receives HandoffDone. Any
+	// failure before the target resumes (denial, refusal, timeout, the
+	// target vanishing) ends the call with an error status and the session
+	// stays with the source, which keeps working.
+	Handoff(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HandoffClientMsg, HandoffServerMsg], error)
+	// AnswerOffer is the target's consent to (or refusal of) an offer.
+	AnswerOffer(ctx context.Context, in *AnswerOfferRequest, opts ...grpc.CallOption) (*AnswerOfferResponse, error)
+	// Resume delivers the elements the target selected from the summary —
+	// server objects from the MWS's original copies, adapted for this device
+	// — and makes the session the target's.
+	Resume(ctx context.Context, in *ResumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResumeResponse], error)
 }
 
 type deviceClient struct {
@@ -198,6 +223,58 @@ func (c *deviceClient) Events(ctx context.Context, in *EventsRequest, opts ...gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Device_EventsClient = grpc.ServerStreamingClient[Event]
 
+func (c *deviceClient) ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDevicesResponse)
+	err := c.cc.Invoke(ctx, Device_ListDevices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deviceClient) Handoff(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HandoffClientMsg, HandoffServerMsg], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Device_ServiceDesc.Streams[3], Device_Handoff_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HandoffClientMsg, HandoffServerMsg]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Device_HandoffClient = grpc.BidiStreamingClient[HandoffClientMsg, HandoffServerMsg]
+
+func (c *deviceClient) AnswerOffer(ctx context.Context, in *AnswerOfferRequest, opts ...grpc.CallOption) (*AnswerOfferResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AnswerOfferResponse)
+	err := c.cc.Invoke(ctx, Device_AnswerOffer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deviceClient) Resume(ctx context.Context, in *ResumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResumeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Device_ServiceDesc.Streams[4], Device_Resume_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ResumeRequest, ResumeResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Device_ResumeClient = grpc.ServerStreamingClient[ResumeResponse]
+
 // DeviceServer is the server API for Device service.
 // All implementations must embed UnimplementedDeviceServer
 // for forward compatibility.
@@ -232,6 +309,27 @@ type DeviceServer interface {
 	// Events is this device's server-push channel (handoff invitations and
 	// offers arrive here). One per device; a new call replaces the old one.
 	Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error
+	// ListDevices lists the user's devices with their presence: the targets
+	// a handoff may name.
+	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
+	// Handoff moves a session from the calling (source) device to another
+	// device of the user (CASH), in the paper's order: the source sends
+	// HandoffStart; the MWS checks its policy and asks the target, which
+	// consents on its Events channel (AnswerOffer); the MWS invites the source
+	// to savepoint; the source uploads its application objects and object
+	// references and receives SavepointAck, after which it may drop all
+	// session knowledge; the target receives the state summary, selects
+	// elements (Resume) and resumes; the source receives HandoffDone. Any
+	// failure before the target resumes (denial, refusal, timeout, the
+	// target vanishing) ends the call with an error status and the session
+	// stays with the source, which keeps working.
+	Handoff(grpc.BidiStreamingServer[HandoffClientMsg, HandoffServerMsg]) error
+	// AnswerOffer is the target's consent to (or refusal of) an offer.
+	AnswerOffer(context.Context, *AnswerOfferRequest) (*AnswerOfferResponse, error)
+	// Resume delivers the elements the target selected from the summary —
+	// server objects from the MWS's original copies, adapted for this device
+	// — and makes the session the target's.
+	Resume(*ResumeRequest, grpc.ServerStreamingServer[ResumeResponse]) error
 	mustEmbedUnimplementedDeviceServer()
 }
 
@@ -268,6 +366,18 @@ func (UnimplementedDeviceServer) Stream(grpc.BidiStreamingServer[StreamRequest, 
 }
 func (UnimplementedDeviceServer) Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error {
 	return status.Error(codes.Unimplemented, "method Events not implemented")
+}
+func (UnimplementedDeviceServer) ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDevices not implemented")
+}
+func (UnimplementedDeviceServer) Handoff(grpc.BidiStreamingServer[HandoffClientMsg, HandoffServerMsg]) error {
+	return status.Error(codes.Unimplemented, "method Handoff not implemented")
+}
+func (UnimplementedDeviceServer) AnswerOffer(context.Context, *AnswerOfferRequest) (*AnswerOfferResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AnswerOffer not implemented")
+}
+func (UnimplementedDeviceServer) Resume(*ResumeRequest, grpc.ServerStreamingServer[ResumeResponse]) error {
+	return status.Error(codes.Unimplemented, "method Resume not implemented")
 }
 func (UnimplementedDeviceServer) mustEmbedUnimplementedDeviceServer() {}
 func (UnimplementedDeviceServer) testEmbeddedByValue()                {}
@@ -427,6 +537,60 @@ func _Device_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Device_EventsServer = grpc.ServerStreamingServer[Event]
 
+func _Device_ListDevices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDevicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServer).ListDevices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Device_ListDevices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServer).ListDevices(ctx, req.(*ListDevicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Device_Handoff_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(DeviceServer).Handoff(&grpc.GenericServerStream[HandoffClientMsg, HandoffServerMsg]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Device_HandoffServer = grpc.BidiStreamingServer[HandoffClientMsg, HandoffServerMsg]
+
+func _Device_AnswerOffer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AnswerOfferRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServer).AnswerOffer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Device_AnswerOffer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServer).AnswerOffer(ctx, req.(*AnswerOfferRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Device_Resume_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ResumeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DeviceServer).Resume(m, &grpc.GenericServerStream[ResumeRequest, ResumeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Device_ResumeServer = grpc.ServerStreamingServer[ResumeResponse]
+
 // Device_ServiceDesc is the grpc.ServiceDesc for Device service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -458,6 +622,14 @@ var Device_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListBackends",
 			Handler:    _Device_ListBackends_Handler,
 		},
+		{
+			MethodName: "ListDevices",
+			Handler:    _Device_ListDevices_Handler,
+		},
+		{
+			MethodName: "AnswerOffer",
+			Handler:    _Device_AnswerOffer_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -474,6 +646,17 @@ var Device_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Events",
 			Handler:       _Device_Events_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Handoff",
+			Handler:       _Device_Handoff_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Resume",
+			Handler:       _Device_Resume_Handler,
 			ServerStreams: true,
 		},
 	},

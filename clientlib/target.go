@@ -1,0 +1,208 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+)
+
+// Offer is a handoff offered to this device.
+type Offer struct {
+	HandoffID  string
+	User       string
+	App        string
+	Labels     []string
+	FromDevice string
+	Expires    time.Time
+}
+
+// Summary describes the state elements of an accepted handoff.
+type Summary struct {
+	HandoffID string
+	Elements  []*mwsv1.ElementSummary
+	// XML is the same summary as an XML document.
+	XML string
+}
+
+// DeliveredElement is a state element as the target receives it.
+type DeliveredElement struct {
+	Name        string
+	Kind        ElementKind
+	ContentType string
+	Data        []byte
+	// Digest of the server object's original at the MWS (server objects).
+	Digest string
+	// Adapted reports that the MWS adapted the object for this device.
+	Adapted bool
+	// StreamID and StreamOffset locate an open stream to resume.
+	StreamID     string
+	StreamOffset uint64
+}
+
+// Resumed is a session that arrived on this device.
+type Resumed struct {
+	Session  *Session
+	Labels   []string
+	Elements []DeliveredElement
+	Timings  Timings
+}
+
+// Conn resumes the stream of a StreamState element.
+func (r *Resumed) Conn(ctx context.Context, e DeliveredElement) (*Conn, error) {
+	if e.Kind != StreamState {
+		return nil, errors.New("clientlib: element is not a stream")
+	}
+	return r.Session.Resume(ctx, e.StreamID, e.StreamOffset)
+}
+
+// Target is this device's side of handoffs. Every callback runs on its own
+// goroutine per handoff and may block.
+type Target struct {
+	// Accept decides on an offer (prepare the skeleton session here);
+	// nil accepts every offer. A refusal's reason is told to the source.
+	Accept func(Offer) (ok bool, reason string)
+	// Select picks the elements to fetch; nil (or an empty result) takes
+	// all.
+	Select func(Summary) []string
+	// Resumed receives each session that arrives.
+	Resumed func(*Resumed)
+	// Failed receives a handoff that failed on this side (may be nil).
+	Failed func(handoffID string, err error)
+}
+
+// Serve runs this device's event channel — it makes the device "online" —
+// and handles handoff offers with t until ctx ends or the channel fails.
+func (c *Client) Serve(ctx context.Context, t Target) error {
+	if err := c.loggedIn(); err != nil {
+		return err
+	}
+	st, err := c.api.Events(ctx, &mwsv1.EventsRequest{})
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	tokens := map[string]string{} // handoff id → resume token
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	fail := func(id string, err error) {
+		if t.Failed != nil {
+			t.Failed(id, err)
+		}
+	}
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		switch m := ev.Msg.(type) {
+		case *mwsv1.Event_Offer:
+			o := m.Offer
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ok, reason := true, ""
+				if t.Accept != nil {
+					ok, reason = t.Accept(Offer{HandoffID: o.HandoffId, User: o.User, App: o.App, Labels: o.Labels, FromDevice: o.FromDevice, Expires: time.Unix(0, o.ExpiresUnixNano)})
+				}
+				r, err := c.api.AnswerOffer(ctx, &mwsv1.AnswerOfferRequest{Token: o.Token, Accept: ok, Reason: reason})
+				if err != nil {
+					fail(o.HandoffId, err)
+					return
+				}
+				if ok {
+					mu.Lock()
+					tokens[o.HandoffId] = r.ResumeToken
+					mu.Unlock()
+				}
+			}()
+		case *mwsv1.Event_Summary:
+			sum := m.Summary
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				mu.Lock()
+				tok := tokens[sum.HandoffId]
+				delete(tokens, sum.HandoffId)
+				mu.Unlock()
+				if tok == "" {
+					fail(sum.HandoffId, errors.New("clientlib: summary for a handoff this device did not accept"))
+					return
+				}
+				var sel []string
+				if t.Select != nil {
+					sel = t.Select(Summary{HandoffID: sum.HandoffId, Elements: sum.Elements, XML: sum.Xml})
+				}
+				r, err := c.resume(ctx, tok, sel)
+				if err != nil {
+					fail(sum.HandoffId, err)
+					return
+				}
+				if t.Resumed != nil {
+					t.Resumed(r)
+				}
+			}()
+		}
+	}
+}
+
+// resume fetches the selected elements with a resume token and returns the
+// session now owned by this device.
+func (c *Client) resume(ctx context.Context, token string, sel []string) (*Resumed, error) {
+	st, err := c.api.Resume(ctx, &mwsv1.ResumeRequest{Token: token, Select: sel})
+	if err != nil {
+		return nil, err
+	}
+	r := &Resumed{}
+	for {
+		m, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("clientlib: resume ended before the session was handed over")
+			}
+			return nil, err
+		}
+		if e := m.GetElement(); e != nil {
+			r.Elements = append(r.Elements, DeliveredElement{Name: e.Name, Kind: e.Kind, ContentType: e.ContentType, Data: e.Data,
+				Digest: e.Digest, Adapted: e.Adapted, StreamID: e.StreamId, StreamOffset: e.StreamOffset})
+			continue
+		}
+		if done := m.GetResumed(); done != nil {
+			r.Session = &Session{c: c, id: done.SessionId, app: done.App, key: done.SessionKey}
+			r.Labels = done.Labels
+			r.Timings = timingsFrom(done.Timings)
+			return r, nil
+		}
+	}
+}
+
+// DeviceInfo is one of the user's devices.
+type DeviceInfo struct {
+	Name     string
+	Class    string
+	Online   bool
+	MWS      string
+	LastSeen time.Time
+}
+
+// Devices lists the user's devices: the possible handoff targets.
+func (c *Client) Devices(ctx context.Context) ([]DeviceInfo, error) {
+	if err := c.loggedIn(); err != nil {
+		return nil, err
+	}
+	r, err := c.api.ListDevices(ctx, &mwsv1.ListDevicesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeviceInfo, 0, len(r.Devices))
+	for _, d := range r.Devices {
+		out = append(out, DeviceInfo{Name: d.Name, Class: d.DeviceClass, Online: d.Online, MWS: d.Mws, LastSeen: time.Unix(0, d.LastSeenUnixNano)})
+	}
+	return out, nil
+}
