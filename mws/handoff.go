@@ -252,4 +252,3 @@ func (s *Server) objectVariant(ctx context.Context, h *handoff, digest string) (
 	data, ct, adapted, err := s.cfg.Adapter.Adapt(ctx, obj, h.target)
 	return variant{data: data, contentType: ct, adapted: adapted, err: err}, true
 }
-
