@@ -278,7 +278,11 @@ func recvData(ch *channel) (*muxv1.Data, error) {
 // Handover RPC (which commits what it has received) to the first Data
 // message on the new owner's channel. The old owner cancels its channel
 // without draining it, as a real MWS does. Ownership rotates among three
-// MWSs.
+// MWSs. Besides the dark time it reports the medians of its first parts:
+// until the Handover response (rpc-p50-µs) and until the new owner's
+// Attached message (attached-p50-µs), and how many bytes the mux had sent
+// to the old owner beyond its commit (inflight-KiB, mean): the new owner
+// receives them again.
 func BenchmarkHandover(b *testing.B) {
 	bl := newBenchLegacy(b)
 	e := newEnv(b, []mux.Backend{{Name: "bench", Addr: bl.addr()}}, nil)
@@ -307,7 +311,12 @@ func BenchmarkHandover(b *testing.B) {
 	}
 	received := d.Offset + uint64(len(d.Data))
 
+	// samples are the full dark times; rpc and attached are the parts up to
+	// the Handover response and up to the new owner's Attached message.
 	samples := make([]time.Duration, 0, b.N)
+	rpc := make([]time.Duration, 0, b.N)
+	attached := make([]time.Duration, 0, b.N)
+	var inflight uint64 // sent to owners that handed over before reading them
 	b.ResetTimer()
 	for range b.N {
 		kick()
@@ -319,11 +328,14 @@ func BenchmarkHandover(b *testing.B) {
 		if err != nil {
 			b.Fatalf("handover %s -> %s: %v", names[owner], names[next], err)
 		}
+		rpc = append(rpc, time.Since(start))
+		inflight += resp.Delivered - received
 		ch.cancel()
 		ch, err = attach(ctx, b, clients[next], op.StreamId, resp.Epoch)
 		if err != nil {
 			b.Fatalf("attach %s at epoch %d: %v", names[next], resp.Epoch, err)
 		}
+		attached = append(attached, time.Since(start))
 		d, err := recvData(ch)
 		if err != nil {
 			b.Fatal(err)
@@ -337,14 +349,26 @@ func BenchmarkHandover(b *testing.B) {
 	}
 	b.StopTimer()
 
-	slices.Sort(samples)
 	var sum time.Duration
 	for _, s := range samples {
 		sum += s
 	}
-	b.ReportMetric(micros(percentile(samples, 0.50)), "p50-µs")
-	b.ReportMetric(micros(percentile(samples, 0.99)), "p99-µs")
 	b.ReportMetric(micros(sum/time.Duration(len(samples))), "mean-µs")
+	b.ReportMetric(float64(inflight)/float64(b.N)/1024, "inflight-KiB")
+	for _, x := range []struct {
+		name    string
+		samples []time.Duration
+		ps      []float64
+	}{
+		{"", samples, []float64{0.50, 0.99}},
+		{"rpc-", rpc, []float64{0.50}},
+		{"attached-", attached, []float64{0.50}},
+	} {
+		slices.Sort(x.samples)
+		for _, p := range x.ps {
+			b.ReportMetric(micros(percentile(x.samples, p)), fmt.Sprintf("%sp%.0f-µs", x.name, p*100))
+		}
+	}
 }
 
 // percentile returns the nearest-rank p-quantile of sorted, which must not

@@ -189,8 +189,10 @@ func newStreamID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// sendBudget bounds how many data bytes one wake-up of a sender collects.
-const sendBudget = 1 << 20
+// sendBudget bounds how many data bytes one wake-up of a sender collects:
+// small enough that a cut is noticed soon (bytes sent past the last commit
+// are sent again to the next owner).
+const sendBudget = 256 << 10
 
 // Attach runs an owner's data channel.
 func (v service) Attach(ss muxv1.Mux_AttachServer) error {
@@ -225,12 +227,16 @@ func (v service) Attach(ss muxv1.Mux_AttachServer) error {
 
 	var msgs []*muxv1.AttachResponse
 	for {
-		msgs, wait, done, err := st.next(a, msgs[:0], sendBudget)
+		var wait <-chan struct{}
+		var done bool
+		var err error
+		msgs, wait, done, err = st.next(a, msgs[:0], sendBudget)
 		for _, m := range msgs {
 			if serr := ss.Send(m); serr != nil {
 				return serr
 			}
 		}
+		clear(msgs)
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -105,6 +106,7 @@ func (s *stream) notifyLocked() {
 // readLoop reads the legacy server while retention allows.
 func (s *stream) readLoop() {
 	defer close(s.readerDone)
+	rbuf := make([]byte, s.cfg.MaxChunk)
 	for {
 		s.mu.Lock()
 		for !s.closed && s.buf.size >= s.cfg.Retention {
@@ -120,12 +122,13 @@ func (s *stream) readLoop() {
 		n := min(s.cfg.Retention-s.buf.size, s.cfg.MaxChunk)
 		s.mu.Unlock()
 
-		b := make([]byte, n)
-		got, err := s.conn.Read(b)
+		got, err := s.conn.Read(rbuf[:n])
 
 		s.mu.Lock()
 		if got > 0 && !s.closed {
-			s.buf.append(s.read, b[:got:got])
+			// Retain an exact copy: a short read must not pin a whole read
+			// buffer, or memory would outgrow the retention limit.
+			s.buf.append(s.read, bytes.Clone(rbuf[:got]))
 			s.read += uint64(got)
 			s.peak = max(s.peak, s.buf.size)
 			s.notifyLocked()
