@@ -38,9 +38,16 @@ type Conn struct {
 	upAcked uint64        // up bytes the mux has accepted
 	ackWake chan struct{} // closed and replaced when upAcked grows
 
-	msgs     chan *mwsv1.StreamResponse
+	// The receive queue is not bounded here: the bytes in it are bounded
+	// by the mux's retention window, since the MWS lets the mux forget a
+	// byte only once this Conn acknowledged it. A bounded queue would let
+	// data hold back the UpAcks queued behind it (a handoff waits for
+	// them while the app is paused).
+	qMu      sync.Mutex
+	queue    []*mwsv1.StreamResponse
+	qWake    chan struct{} // closed and replaced when the queue grows or ends
 	recvDone chan struct{}
-	recvErr  error
+	recvErr  error // valid after recvDone
 
 	readMu  sync.Mutex
 	buf     []byte
@@ -50,7 +57,10 @@ type Conn struct {
 
 	dlMu     sync.Mutex
 	deadline time.Time
-	dlChange chan struct{}
+	dlChange chan struct{} // closed and replaced when the deadline or pause changes
+	paused   bool          // a handoff is taking a savepoint: Read and Write wait
+	released bool          // the session was handed off: Read and Write fail
+	unpause  chan struct{} // closed and replaced when paused is cleared or released is set
 
 	closeOnce sync.Once
 }
@@ -92,7 +102,7 @@ func (s *Session) openStream(ctx context.Context, open *mwsv1.StreamOpen, backen
 	c := &Conn{
 		s: s, backend: backend, streamID: op.StreamId, cancel: cancel, st: st,
 		upNext: op.UpOffset, upAcked: op.UpOffset, ackWake: make(chan struct{}), next: op.DownOffset, acked: op.DownOffset,
-		msgs: make(chan *mwsv1.StreamResponse, 32), recvDone: make(chan struct{}), dlChange: make(chan struct{}),
+		qWake: make(chan struct{}), recvDone: make(chan struct{}), dlChange: make(chan struct{}), unpause: make(chan struct{}),
 	}
 	go c.recvLoop()
 	s.track(c)
@@ -114,8 +124,13 @@ func (c *Conn) Offsets() (read, written uint64) {
 }
 
 func (c *Conn) recvLoop() {
-	defer close(c.recvDone)
-	defer close(c.msgs)
+	defer func() {
+		c.qMu.Lock()
+		close(c.recvDone)
+		close(c.qWake)
+		c.qWake = nil
+		c.qMu.Unlock()
+	}()
 	for {
 		m, err := c.st.Recv()
 		if err != nil {
@@ -134,8 +149,29 @@ func (c *Conn) recvLoop() {
 			c.ackMu.Unlock()
 			continue
 		}
-		c.msgs <- m
+		c.qMu.Lock()
+		c.queue = append(c.queue, m)
+		close(c.qWake)
+		c.qWake = make(chan struct{})
+		c.qMu.Unlock()
 	}
+}
+
+// pop takes the next queued message; wake is non-nil when the queue is
+// empty but may grow, and ended reports that nothing more will come.
+func (c *Conn) pop() (m *mwsv1.StreamResponse, wake <-chan struct{}, ended bool) {
+	c.qMu.Lock()
+	defer c.qMu.Unlock()
+	if len(c.queue) > 0 {
+		m = c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		return m, nil, false
+	}
+	if c.qWake == nil {
+		return nil, nil, true
+	}
+	return nil, c.qWake, false
 }
 
 func (c *Conn) send(m *mwsv1.StreamRequest) error {
@@ -144,10 +180,51 @@ func (c *Conn) send(m *mwsv1.StreamRequest) error {
 	return c.st.Send(m)
 }
 
+// errPaused makes readLocked give the lock back while a handoff freezes
+// the stream.
+var errPaused = errors.New("clientlib: paused")
+
 // Read implements net.Conn.
 func (c *Conn) Read(p []byte) (int, error) {
-	c.readMu.Lock()
-	defer c.readMu.Unlock()
+	for {
+		if err := c.waitRunning(); err != nil {
+			return 0, err
+		}
+		c.readMu.Lock()
+		n, err := c.readLocked(p)
+		c.readMu.Unlock()
+		if !errors.Is(err, errPaused) {
+			return n, err
+		}
+	}
+}
+
+// waitRunning blocks while a handoff freezes the stream.
+func (c *Conn) waitRunning() error {
+	for {
+		c.dlMu.Lock()
+		paused, released, wake := c.paused, c.released, c.unpause
+		c.dlMu.Unlock()
+		if released {
+			return ErrHandedOff
+		}
+		if !paused {
+			return nil
+		}
+		<-wake
+	}
+}
+
+func (c *Conn) isPaused() bool {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	return c.paused || c.released
+}
+
+func (c *Conn) readLocked(p []byte) (int, error) {
+	if c.isPaused() {
+		return 0, errPaused
+	}
 	for len(c.buf) == 0 {
 		if c.next > c.acked {
 			c.ackLocked()
@@ -157,7 +234,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		}
 		m, err := c.recv()
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errPaused) {
 				return 0, err
 			}
 			c.readErr = err
@@ -200,8 +277,11 @@ func (c *Conn) ackLocked() {
 func (c *Conn) recv() (*mwsv1.StreamResponse, error) {
 	for {
 		c.dlMu.Lock()
-		dl, change := c.deadline, c.dlChange
+		dl, change, paused := c.deadline, c.dlChange, c.paused || c.released
 		c.dlMu.Unlock()
+		if paused {
+			return nil, errPaused
+		}
 		var timeout <-chan time.Time
 		var timer *time.Timer
 		if !dl.IsZero() {
@@ -212,19 +292,24 @@ func (c *Conn) recv() (*mwsv1.StreamResponse, error) {
 			timer = time.NewTimer(d)
 			timeout = timer.C
 		}
-		select {
-		case m, ok := <-c.msgs:
+		m, wake, ended := c.pop()
+		if m != nil || ended {
 			if timer != nil {
 				timer.Stop()
 			}
-			if !ok {
-				<-c.recvDone
-				if c.recvErr != nil {
-					return nil, c.recvErr
-				}
-				return nil, io.EOF
+			if m != nil {
+				return m, nil
 			}
-			return m, nil
+			if c.recvErr != nil {
+				return nil, c.recvErr
+			}
+			return nil, io.EOF
+		}
+		select {
+		case <-wake:
+			if timer != nil {
+				timer.Stop()
+			}
 		case <-timeout:
 			return nil, os.ErrDeadlineExceeded
 		case <-change:
@@ -237,6 +322,9 @@ func (c *Conn) recv() (*mwsv1.StreamResponse, error) {
 
 // Write implements net.Conn.
 func (c *Conn) Write(p []byte) (int, error) {
+	if err := c.waitRunning(); err != nil {
+		return 0, err
+	}
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	written := 0
@@ -266,16 +354,23 @@ func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		defer c.cancel()
 		if err = c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Close{Close: &mwsv1.StreamClose{}}}); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil // the MWS already ended the stream: it is closed
+			}
 			return
 		}
 		timer := time.NewTimer(10 * time.Second)
 		defer timer.Stop()
 		for {
+			m, wake, ended := c.pop()
+			if ended || (m != nil && m.GetClosed() != nil) {
+				return
+			}
+			if m != nil {
+				continue
+			}
 			select {
-			case m, ok := <-c.msgs:
-				if !ok || m.GetClosed() != nil {
-					return
-				}
+			case <-wake:
 			case <-timer.C:
 				err = errors.New("clientlib: close: no confirmation from the MWS")
 				return
@@ -292,11 +387,25 @@ func (c *Conn) Detach() {
 	c.s.untrack(c)
 }
 
-// freeze prepares the stream for a handoff: it waits until every byte the
-// app wrote is accepted by the mux, acknowledges every byte the app has
-// read (bytes received but not read are delivered again to whoever
-// resumes), and detaches. It returns the offset the app has read to.
+// setPause changes the pause state and wakes readers and writers.
+func (c *Conn) setPause(paused, released bool) {
+	c.dlMu.Lock()
+	c.paused, c.released = paused, released
+	close(c.dlChange)
+	c.dlChange = make(chan struct{})
+	close(c.unpause)
+	c.unpause = make(chan struct{})
+	c.dlMu.Unlock()
+}
+
+// freeze prepares the stream for a handoff's savepoint: reads and writes
+// pause, every byte the app wrote is awaited until the mux has accepted it,
+// and every byte the app has read is acknowledged (bytes received but not
+// read will be delivered again to whoever resumes). It returns the offset
+// the app has read to. The stream stays attached: thaw resumes it if the
+// handoff fails, release ends it once the savepoint is stored.
 func (c *Conn) freeze(ctx context.Context) (uint64, error) {
+	c.setPause(true, false)
 	c.sendMu.Lock()
 	want := c.upNext
 	c.sendMu.Unlock()
@@ -318,14 +427,22 @@ func (c *Conn) freeze(ctx context.Context) (uint64, error) {
 	c.readMu.Lock()
 	read := c.next
 	err := c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Ack{Ack: &mwsv1.StreamAck{Offset: read}}})
-	c.acked = read
-	c.readErr = ErrHandedOff
-	c.readMu.Unlock()
-	if err != nil {
-		return 0, err
+	if err == nil {
+		c.acked = read
 	}
+	c.readMu.Unlock()
+	return read, err
+}
+
+// thaw resumes a frozen stream (the handoff failed before its savepoint
+// was stored).
+func (c *Conn) thaw() { c.setPause(false, false) }
+
+// release ends a frozen stream on this device: the savepoint is stored and
+// whoever resumes the session continues it.
+func (c *Conn) release() {
+	c.setPause(false, true)
 	c.Detach()
-	return read, nil
 }
 
 // ErrHandedOff is returned by a Conn whose session was handed to another

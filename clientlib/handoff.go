@@ -87,6 +87,17 @@ func (s *Session) Handoff(ctx context.Context, target string) (*HandoffResult, e
 		return nil, err
 	}
 	res := &HandoffResult{}
+	var frozen []*Conn
+	// Until the MWS has stored the savepoint, a failure gives the streams
+	// back to the app.
+	stored := false
+	defer func() {
+		if !stored {
+			for _, c := range frozen {
+				c.thaw()
+			}
+		}
+	}()
 	for {
 		m, err := hs.Recv()
 		if err != nil {
@@ -99,7 +110,8 @@ func (s *Session) Handoff(ctx context.Context, target string) (*HandoffResult, e
 		case *mwsv1.HandoffServerMsg_Parked:
 			res.Parked = true
 		case *mwsv1.HandoffServerMsg_Invite:
-			els, err := s.savepoint(ctx)
+			els, conns, err := s.savepoint(ctx)
+			frozen = conns
 			if err != nil {
 				return nil, fmt.Errorf("clientlib: savepoint: %w", err)
 			}
@@ -108,6 +120,10 @@ func (s *Session) Handoff(ctx context.Context, target string) (*HandoffResult, e
 			}
 		case *mwsv1.HandoffServerMsg_Ack:
 			// The MWS holds the state now: drop all session knowledge.
+			stored = true
+			for _, c := range frozen {
+				c.release()
+			}
 			s.mu.Lock()
 			s.handedOff = true
 			s.key = ""
@@ -130,8 +146,9 @@ func (s *Session) Handoff(ctx context.Context, target string) (*HandoffResult, e
 	}
 }
 
-// savepoint collects the app's elements and freezes open streams.
-func (s *Session) savepoint(ctx context.Context) ([]*mwsv1.Element, error) {
+// savepoint collects the app's elements and freezes open streams; it
+// returns the frozen streams even on error, for the caller to thaw.
+func (s *Session) savepoint(ctx context.Context) ([]*mwsv1.Element, []*Conn, error) {
 	s.mu.RLock()
 	provider := s.provider
 	conns := make([]*Conn, 0, len(s.conns))
@@ -143,7 +160,7 @@ func (s *Session) savepoint(ctx context.Context) ([]*mwsv1.Element, error) {
 	if provider != nil {
 		els, err := provider(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, e := range els {
 			if e.Private {
@@ -152,14 +169,16 @@ func (s *Session) savepoint(ctx context.Context) ([]*mwsv1.Element, error) {
 			out = append(out, &mwsv1.Element{Name: e.Name, Kind: e.Kind, ContentType: e.ContentType, Digest: e.Digest, Data: e.Data})
 		}
 	}
+	var frozen []*Conn
 	for _, c := range conns {
 		off, err := c.freeze(ctx)
+		frozen = append(frozen, c)
 		if err != nil {
-			return nil, err
+			return nil, frozen, err
 		}
 		out = append(out, &mwsv1.Element{Name: "stream/" + c.streamID, Kind: StreamState, StreamId: c.streamID, StreamOffset: off, ContentType: c.backend})
 	}
-	return out, nil
+	return out, frozen, nil
 }
 
 // uploadSavepoint sends elements in messages of at most ~2 MiB.

@@ -85,7 +85,10 @@ func (c *Client) Serve(ctx context.Context, t Target) error {
 		return err
 	}
 	var mu sync.Mutex
-	tokens := map[string]string{} // handoff id → resume token
+	// The resume token of each accepted offer. The summary can arrive
+	// before AnswerOffer has returned the token, so its entry is made when
+	// the offer arrives and the summary waits for it.
+	tokens := map[string]chan string{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	fail := func(id string, err error) {
@@ -104,33 +107,52 @@ func (c *Client) Serve(ctx context.Context, t Target) error {
 		switch m := ev.Msg.(type) {
 		case *mwsv1.Event_Offer:
 			o := m.Offer
+			tokCh := make(chan string, 1)
+			mu.Lock()
+			tokens[o.HandoffId] = tokCh
+			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer close(tokCh)
 				ok, reason := true, ""
 				if t.Accept != nil {
 					ok, reason = t.Accept(Offer{HandoffID: o.HandoffId, User: o.User, App: o.App, Labels: o.Labels, FromDevice: o.FromDevice, Expires: time.Unix(0, o.ExpiresUnixNano)})
 				}
 				r, err := c.api.AnswerOffer(ctx, &mwsv1.AnswerOfferRequest{Token: o.Token, Accept: ok, Reason: reason})
+				if err != nil || !ok {
+					// No summary will follow.
+					mu.Lock()
+					if tokens[o.HandoffId] == tokCh {
+						delete(tokens, o.HandoffId)
+					}
+					mu.Unlock()
+				}
 				if err != nil {
 					fail(o.HandoffId, err)
 					return
 				}
 				if ok {
-					mu.Lock()
-					tokens[o.HandoffId] = r.ResumeToken
-					mu.Unlock()
+					tokCh <- r.ResumeToken
 				}
 			}()
 		case *mwsv1.Event_Summary:
 			sum := m.Summary
+			mu.Lock()
+			tokCh := tokens[sum.HandoffId]
+			delete(tokens, sum.HandoffId)
+			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				mu.Lock()
-				tok := tokens[sum.HandoffId]
-				delete(tokens, sum.HandoffId)
-				mu.Unlock()
+				var tok string
+				if tokCh != nil {
+					select {
+					case tok = <-tokCh:
+					case <-ctx.Done():
+						return
+					}
+				}
 				if tok == "" {
 					fail(sum.HandoffId, errors.New("clientlib: summary for a handoff this device did not accept"))
 					return

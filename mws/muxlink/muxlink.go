@@ -102,7 +102,7 @@ func (c *Client) Attach(ctx context.Context, id string, epoch uint64) (*Stream, 
 		return nil, fmt.Errorf("muxlink: attach %s: first message is not Attached", id)
 	}
 	s := &Stream{
-		c: c, id: id, epoch: epoch, backend: att.Backend, ac: ac, cancel: cancel,
+		c: c, id: id, epoch: epoch, backend: att.Backend, ac: ac, cancel: cancel, detached: chCtx.Done(),
 		msgs: make(chan *muxv1.AttachResponse, 16), recvDone: make(chan struct{}),
 		downStart: att.DownOffset, upNext: att.UpOffset,
 		log: c.log.With("stream", id, "epoch", epoch),
@@ -119,6 +119,7 @@ type Stream struct {
 	backend   string
 	ac        muxv1.Mux_AttachClient
 	cancel    context.CancelFunc
+	detached  <-chan struct{} // closed by Detach (and a cut by Handover)
 	log       *slog.Logger
 	downStart uint64
 
@@ -160,9 +161,20 @@ func (s *Stream) recvLoop() {
 			}
 			return
 		}
-		s.msgs <- m
+		// Nobody may read msgs any more once the channel is detached (the
+		// relay that owned it returned): do not block on it forever.
+		select {
+		case s.msgs <- m:
+		case <-s.detached:
+			s.recvErr = errDetached
+			return
+		}
 	}
 }
+
+// errDetached is the channel's error when it was detached while the mux
+// still had messages for it.
+var errDetached = errors.New("muxlink: stream detached")
 
 // Recv returns the next message from the mux: Data, Eof, UpAck, Cut or
 // Closed. It returns io.EOF after the channel ended cleanly (after a Cut or
