@@ -21,7 +21,7 @@ import (
 // cashEnv is a cluster with an image server, a stream server and devices
 // of one user, each serving its target side.
 type cashEnv struct {
-	t       *testing.T
+	t       testing.TB
 	cl      *cluster.Cluster
 	images  *legacy.HTTPServer
 	set     *legacy.ImageSet
@@ -37,7 +37,7 @@ type device struct {
 	mu      sync.Mutex
 }
 
-func newCASHEnv(t *testing.T, streamBytes int64, tune func(*mws.Config), names ...string) *cashEnv {
+func newCASHEnv(t testing.TB, streamBytes int64, tune func(*mws.Config), names ...string) *cashEnv {
 	t.Helper()
 	set, err := legacy.GenerateImages(2, 4, 2<<10, 300<<10)
 	if err != nil {
@@ -120,7 +120,7 @@ func (e *cashEnv) connect(ctx context.Context, name string) *device {
 	return d
 }
 
-func pollDeadline(t *testing.T, what string, f func() bool) {
+func pollDeadline(t testing.TB, what string, f func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !f() {
