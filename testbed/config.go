@@ -1,0 +1,134 @@
+package testbed
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Limits and defaults of the demo's workload. The object sizes follow the
+// paper's minibrowser workload (0.5 KB – 1.25 MB).
+const (
+	// DefaultImages is how many distinct images the demo serves unless
+	// --images says otherwise: fewer than the paper's 200 so the demo
+	// (image generation included) finishes in a few seconds.
+	DefaultImages = 60
+	// MaxImages is the paper's workload size, the most --images accepts.
+	MaxImages = 200
+	// MinObjectBytes and MaxObjectBytes bound the generated image sizes.
+	MinObjectBytes = 512
+	MaxObjectBytes = 1280 << 10
+	// DefaultStreamMiB is how many MiB the raw-stream phase pushes each
+	// way, per path (imash and direct).
+	DefaultStreamMiB = 16
+	// MaxStreamMiB bounds --stream-mib; the upload payload is held in
+	// memory.
+	MaxStreamMiB = 256
+	// DefaultMeanDelay is the paper's mean inter-request delay, used when
+	// --paced is given without --mean-delay.
+	DefaultMeanDelay = 2 * time.Second
+)
+
+// demoConfig is the parsed configuration of the demo command.
+type demoConfig struct {
+	// Images is the number of distinct images served (1..MaxImages).
+	Images int
+	// Seed drives image generation and the workload (request order,
+	// repeats, which path of a pair goes first).
+	Seed uint64
+	// StreamMiB is how many MiB the raw-stream phase pushes each way per
+	// path; 0 skips the phase.
+	StreamMiB int
+	// JSONFile, when non-empty, receives the per-request records.
+	JSONFile string
+	// Paced inserts exponentially distributed delays of mean MeanDelay
+	// between requests (a Poisson arrival process), as in the paper;
+	// otherwise requests follow each other as fast as possible.
+	Paced     bool
+	MeanDelay time.Duration
+	// Verbose sends the cluster's debug logs to stderr (otherwise only
+	// warnings and errors).
+	Verbose bool
+}
+
+// newDefaultDemoConfig returns the configuration of a bare "demo".
+func newDefaultDemoConfig() demoConfig {
+	return demoConfig{
+		Images:    DefaultImages,
+		Seed:      1,
+		StreamMiB: DefaultStreamMiB,
+		MeanDelay: DefaultMeanDelay,
+	}
+}
+
+// validate reports every problem at once, wrapping ErrUsage.
+func (c demoConfig) validate() error {
+	var errs []error
+	if c.Images < 1 || c.Images > MaxImages {
+		errs = append(errs, fmt.Errorf("--images %d: want 1..%d", c.Images, MaxImages))
+	}
+	if c.StreamMiB < 0 || c.StreamMiB > MaxStreamMiB {
+		errs = append(errs, fmt.Errorf("--stream-mib %d: want 0..%d", c.StreamMiB, MaxStreamMiB))
+	}
+	if c.Paced && c.MeanDelay <= 0 {
+		errs = append(errs, fmt.Errorf("--mean-delay %v: want > 0 with --paced", c.MeanDelay))
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: demo: %w", ErrUsage, errors.Join(errs...))
+}
+
+// parseDemoFlags parses the demo command's arguments. Flag errors (unknown
+// flag, bad value) and invalid values wrap ErrUsage; -h gives flag.ErrHelp
+// after printing the flags to stdout.
+func parseDemoFlags(args []string, stdout, stderr io.Writer) (demoConfig, error) {
+	cfg := newDefaultDemoConfig()
+	fs := flag.NewFlagSet("imash-testbed demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&cfg.Images, "images", cfg.Images, fmt.Sprintf("distinct images to serve, 1..%d (the paper's workload has %d)", MaxImages, MaxImages))
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the images and of the workload; equal seeds give equal runs")
+	fs.IntVar(&cfg.StreamMiB, "stream-mib", cfg.StreamMiB, "MiB pushed each way through the raw stream, per path (0 skips the stream phase)")
+	fs.StringVar(&cfg.JSONFile, "json", "", "write per-request records as JSON to this `file`")
+	fs.BoolVar(&cfg.Paced, "paced", false, "wait a Poisson inter-request delay between requests (default: as fast as possible)")
+	fs.DurationVar(&cfg.MeanDelay, "mean-delay", cfg.MeanDelay, "mean inter-request delay with --paced")
+	fs.BoolVar(&cfg.Verbose, "v", false, "log the cluster's debug messages to stderr")
+	// The flag package reports a bad flag itself (to stderr); the help
+	// text follows on stderr, or on stdout when it was asked for.
+	fs.Usage = func() {}
+	printUsage := func(w io.Writer) {
+		fs.SetOutput(w)
+		fmt.Fprint(w, demoUsage)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+	}
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		printUsage(stdout)
+		return cfg, err
+	}
+	if err != nil {
+		printUsage(stderr)
+		return cfg, fmt.Errorf("%w: demo: %w", ErrUsage, err)
+	}
+	if fs.NArg() > 0 {
+		printUsage(stderr)
+		return cfg, fmt.Errorf("%w: demo: unexpected argument %q", ErrUsage, fs.Arg(0))
+	}
+	if err := cfg.validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+const demoUsage = `usage: imash-testbed demo [flags]
+
+Builds a whole imash testbed in this process — a legacy HTTP image server, a
+source and a sink of raw TCP streams, a mux, one MWS and two devices (workstation, pda)
+— runs a seeded workload through imash and directly against the legacy
+servers, checks every byte, and prints latency percentiles by object size.
+
+Flags:
+`

@@ -1,0 +1,125 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDemo runs the whole demo — image generation, legacy servers, the
+// cluster, two devices, the workload and the raw streams — on a small
+// configuration, and checks the report and the JSON records.
+func TestDemo(t *testing.T) {
+	jsonFile := filepath.Join(t.TempDir(), "records.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "1", "--paced", "--mean-delay", "1ms", "--json", jsonFile}
+	if err := Run(ctx, args, &stdout, &stderr); err != nil {
+		t.Fatalf("Run(%q) = %v\nstdout:\n%s\nstderr:\n%s", args, err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	t.Logf("output:\n%s", out)
+
+	for _, b := range sizeBands {
+		if !strings.Contains(out, "\n"+b.Label+" ") {
+			t.Errorf("no table row for band %q", b.Label)
+		}
+	}
+	for _, s := range []string{
+		"size band", "direct (ms)", "imash MISS (ms)", "imash HIT (ms)", "\nall ",
+		"objects:        8 distinct images",
+		"imash bodies byte-identical",
+		"MWS cache:", "legacy HTTP:", "(keep-alive)",
+		"raw stream:     1.0 MiB each way per path; SHA-256 checked at both ends of all 4 transfers: OK",
+		"wall time:",
+	} {
+		if !strings.Contains(out, s) {
+			t.Errorf("output lacks %q", s)
+		}
+	}
+
+	doc := readReport(t, jsonFile)
+	if !doc.Complete || doc.Seed != 5 || doc.Images != 8 {
+		t.Errorf("report header: complete %v, seed %d, images %d", doc.Complete, doc.Seed, doc.Images)
+	}
+	plan := planWorkload(mustImages(t, 5, 8), workloadOptions{Devices: demoDevices, Seed: 5})
+	if len(doc.Requests) != 2*len(plan) {
+		t.Fatalf("%d request records, want 2 per planned request (%d)", len(doc.Requests), 2*len(plan))
+	}
+	paths := map[int][]string{}
+	for i, r := range doc.Requests {
+		p := plan[r.Seq]
+		switch {
+		case r.Device != p.Device || r.Object != p.Image.Name || r.Size != len(p.Image.Bytes):
+			t.Errorf("record %d: %s %s %d bytes, plan says %s %s %d", i, r.Device, r.Object, r.Size, p.Device, p.Image.Name, len(p.Image.Bytes))
+		case r.Band != bandOf(r.Size).Label:
+			t.Errorf("record %d: band %q for %d bytes", i, r.Band, r.Size)
+		case r.LatencyUS <= 0 || r.StartUS < 0:
+			t.Errorf("record %d: latency %d µs, start %d µs", i, r.LatencyUS, r.StartUS)
+		case r.ExpectHit != p.ExpectHit:
+			t.Errorf("record %d: expect_hit %v, plan says %v", i, r.ExpectHit, p.ExpectHit)
+		case r.Path == pathDirect && r.Cache != "":
+			t.Errorf("record %d: direct fetch with cache outcome %q", i, r.Cache)
+		case r.Path == pathImash && r.ExpectHit && r.Cache != "HIT":
+			t.Errorf("record %d: %s re-requested %s through imash, cache %q, want HIT", i, r.Device, r.Object, r.Cache)
+		case r.Path == pathImash && !r.ExpectHit && r.Cache != "MISS":
+			t.Errorf("record %d: first request of %s through imash, cache %q, want MISS", i, r.Object, r.Cache)
+		case r.Path != pathDirect && r.Path != pathImash:
+			t.Errorf("record %d: path %q", i, r.Path)
+		}
+		paths[r.Seq] = append(paths[r.Seq], r.Path)
+	}
+	for seq, ps := range paths {
+		slices.Sort(ps)
+		if !slices.Equal(ps, []string{pathDirect, pathImash}) {
+			t.Errorf("request %d has fetches %v, want one direct and one imash", seq, ps)
+		}
+	}
+
+	if len(doc.Streams) != 4 {
+		t.Fatalf("%d stream records, want 4", len(doc.Streams))
+	}
+	for i, s := range doc.Streams {
+		if s.Bytes != 1<<20 || s.Seconds <= 0 || s.MiBps <= 0 || len(s.SHA256) != 64 {
+			t.Errorf("stream record %d: %+v", i, s)
+		}
+	}
+}
+
+// TestDemoCancelled checks that a cancelled context stops the demo with
+// the context's error.
+func TestDemoCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	err := Run(ctx, []string{"demo", "--images", "8", "--seed", "5"}, &stdout, &stderr)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run with a cancelled context = %v, want context.Canceled", err)
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("a cancelled run printed a report:\n%s", stdout.String())
+	}
+}
+
+func readReport(t *testing.T, name string) jsonReport {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc jsonReport
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&doc); err != nil {
+		t.Fatalf("decoding %s: %v", name, err)
+	}
+	return doc
+}
