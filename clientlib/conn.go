@@ -352,6 +352,7 @@ func (c *Conn) CloseWrite() error {
 func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		defer c.s.untrack(c)
 		defer c.cancel()
 		if err = c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Close{Close: &mwsv1.StreamClose{}}}); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -432,6 +433,17 @@ func (c *Conn) freeze(ctx context.Context) (uint64, error) {
 	}
 	c.readMu.Unlock()
 	return read, err
+}
+
+// ended reports that the MWS has ended the stream (it was closed or
+// finished): there is nothing left to hand off.
+func (c *Conn) ended() bool {
+	select {
+	case <-c.recvDone:
+		return true
+	default:
+		return false
+	}
 }
 
 // thaw resumes a frozen stream (the handoff failed before its savepoint

@@ -171,6 +171,10 @@ func (s *Session) savepoint(ctx context.Context) ([]*mwsv1.Element, []*Conn, err
 	}
 	var frozen []*Conn
 	for _, c := range conns {
+		if c.ended() {
+			s.untrack(c) // nothing left to move
+			continue
+		}
 		off, err := c.freeze(ctx)
 		frozen = append(frozen, c)
 		if err != nil {

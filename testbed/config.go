@@ -23,6 +23,9 @@ const (
 	// DefaultStreamMiB is how many MiB the raw-stream phase pushes each
 	// way, per path (imash and direct).
 	DefaultStreamMiB = 16
+	// DefaultHandoffs and MaxHandoffs bound the CASH phase.
+	DefaultHandoffs = 40
+	MaxHandoffs     = 10000
 	// MaxStreamMiB bounds --stream-mib; the upload payload is held in
 	// memory.
 	MaxStreamMiB = 256
@@ -41,6 +44,9 @@ type demoConfig struct {
 	// StreamMiB is how many MiB the raw-stream phase pushes each way per
 	// path; 0 skips the phase.
 	StreamMiB int
+	// Handoffs is how many CASH handoffs the handoff phase makes; 0 skips
+	// the phase.
+	Handoffs int
 	// JSONFile, when non-empty, receives the per-request records.
 	JSONFile string
 	// Paced inserts exponentially distributed delays of mean MeanDelay
@@ -59,6 +65,7 @@ func newDefaultDemoConfig() demoConfig {
 		Images:    DefaultImages,
 		Seed:      1,
 		StreamMiB: DefaultStreamMiB,
+		Handoffs:  DefaultHandoffs,
 		MeanDelay: DefaultMeanDelay,
 	}
 }
@@ -71,6 +78,9 @@ func (c demoConfig) validate() error {
 	}
 	if c.StreamMiB < 0 || c.StreamMiB > MaxStreamMiB {
 		errs = append(errs, fmt.Errorf("--stream-mib %d: want 0..%d", c.StreamMiB, MaxStreamMiB))
+	}
+	if c.Handoffs < 0 || c.Handoffs > MaxHandoffs {
+		errs = append(errs, fmt.Errorf("--handoffs %d: want 0..%d", c.Handoffs, MaxHandoffs))
 	}
 	if c.Paced && c.MeanDelay <= 0 {
 		errs = append(errs, fmt.Errorf("--mean-delay %v: want > 0 with --paced", c.MeanDelay))
@@ -91,6 +101,7 @@ func parseDemoFlags(args []string, stdout, stderr io.Writer) (demoConfig, error)
 	fs.IntVar(&cfg.Images, "images", cfg.Images, fmt.Sprintf("distinct images to serve, 1..%d (the paper's workload has %d)", MaxImages, MaxImages))
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the images and of the workload; equal seeds give equal runs")
 	fs.IntVar(&cfg.StreamMiB, "stream-mib", cfg.StreamMiB, "MiB pushed each way through the raw stream, per path (0 skips the stream phase)")
+	fs.IntVar(&cfg.Handoffs, "handoffs", cfg.Handoffs, "CASH handoffs of the session between the two devices (0 skips the handoff phase)")
 	fs.StringVar(&cfg.JSONFile, "json", "", "write per-request records as JSON to this `file`")
 	fs.BoolVar(&cfg.Paced, "paced", false, "wait a Poisson inter-request delay between requests (default: as fast as possible)")
 	fs.DurationVar(&cfg.MeanDelay, "mean-delay", cfg.MeanDelay, "mean inter-request delay with --paced")

@@ -174,11 +174,12 @@ func (e *testbedEnv) close() error {
 
 // demoResult is everything the report needs.
 type demoResult struct {
-	cfg     demoConfig
-	set     *legacy.ImageSet
-	plan    []request
-	records []record
-	streams []streamResult
+	cfg      demoConfig
+	set      *legacy.ImageSet
+	plan     []request
+	records  []record
+	streams  []streamResult
+	handoffs *handoffResult
 	// workload counts what the servers saw during the workload; final
 	// is every counter at the end of the run.
 	workload, final counters
@@ -187,7 +188,7 @@ type demoResult struct {
 
 // phases are the wall-clock durations of the demo's steps.
 type phases struct {
-	generate, start, workload, streams, total time.Duration
+	generate, start, workload, streams, handoffs, total time.Duration
 }
 
 // runDemo is the demo command: build the testbed, run the workload and
@@ -251,6 +252,15 @@ func runDemo(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer) (err
 		mark = time.Now()
 		res.streams, err = runStreams(ctx, cfg, env)
 		res.phases.streams = time.Since(mark)
+		if err != nil {
+			return errors.Join(err, res.writeJSON())
+		}
+	}
+	if cfg.Handoffs > 0 {
+		fmt.Fprintf(stderr, "imash-testbed: %d handoffs between %s and %s…\n", cfg.Handoffs, demoDevices[0], demoDevices[1])
+		mark = time.Now()
+		res.handoffs, err = runHandoffs(ctx, env, cfg.Handoffs)
+		res.phases.handoffs = time.Since(mark)
 		if err != nil {
 			return errors.Join(err, res.writeJSON())
 		}

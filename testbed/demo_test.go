@@ -21,7 +21,7 @@ func TestDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "1", "--paced", "--mean-delay", "1ms", "--json", jsonFile}
+	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "1", "--handoffs", "6", "--paced", "--mean-delay", "1ms", "--json", jsonFile}
 	if err := Run(ctx, args, &stdout, &stderr); err != nil {
 		t.Fatalf("Run(%q) = %v\nstdout:\n%s\nstderr:\n%s", args, err, stdout.String(), stderr.String())
 	}
@@ -39,6 +39,9 @@ func TestDemo(t *testing.T) {
 		"imash bodies byte-identical",
 		"MWS cache:", "legacy HTTP:", "(keep-alive)",
 		"raw stream:     1.0 MiB each way per path; SHA-256 checked at both ends of all 4 transfers: OK",
+		"handoffs:       6 CASH between workstation and pda",
+		"legacy requests meanwhile: 0",
+		"phases p50    skeleton",
 		"wall time:",
 	} {
 		if !strings.Contains(out, s) {

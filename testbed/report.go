@@ -223,9 +223,12 @@ func (res *demoResult) writeSummary(w io.Writer) {
 			fmt.Fprintf(w, "  %-4s          imash %8.1f MiB/s, direct %8.1f MiB/s (imash/direct %.2f)\n", dir, imash.MiBps, direct.MiBps, imash.MiBps/direct.MiBps)
 		}
 	}
+	if res.handoffs != nil {
+		res.handoffs.write(w)
+	}
 	p := res.phases
-	fmt.Fprintf(w, "wall time:      %.2f s (images %.2f s, testbed start %.2f s, workload %.2f s, raw streams %.2f s)\n",
-		p.total.Seconds(), p.generate.Seconds(), p.start.Seconds(), p.workload.Seconds(), p.streams.Seconds())
+	fmt.Fprintf(w, "wall time:      %.2f s (images %.2f s, testbed start %.2f s, workload %.2f s, raw streams %.2f s, handoffs %.2f s)\n",
+		p.total.Seconds(), p.generate.Seconds(), p.start.Seconds(), p.workload.Seconds(), p.streams.Seconds(), p.handoffs.Seconds())
 }
 
 // mib formats a byte count in MiB.
