@@ -6,11 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"strings"
 
 	"github.com/imashproject/imash/internal/cliconf"
+	"github.com/imashproject/imash/internal/cliflag"
 	"github.com/imashproject/imash/internal/pki"
 )
 
@@ -41,7 +40,7 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	log, err := NewLogger(stderr, *logLevel, *logFormat)
+	log, err := cliflag.NewLogger(stderr, *logLevel, *logFormat)
 	var errs []error
 	if err != nil {
 		errs = append(errs, err)
@@ -87,21 +86,4 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("shutting down")
 	return srv.Close(context.WithoutCancel(ctx))
-}
-
-// NewLogger returns a slog logger writing to w at level in format (text or
-// json).
-func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log level %q: %v", level, err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(format) {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("log format %q: want text or json", format)
 }

@@ -19,7 +19,7 @@ func TestRunReportsEveryProblem(t *testing.T) {
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, want := range []string{"NAME=HOST:PORT", `backend "x" address`, "--cert, --key and --ca are required", "log level"} {
+	for _, want := range []string{"NAME=HOST:PORT", `backend "x" address`, "--cert, --key and --ca are required", "--log-level"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}

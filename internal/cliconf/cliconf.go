@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -127,7 +128,9 @@ func scalar(v any) string {
 	case string:
 		return x
 	case float64:
-		return fmt.Sprint(json.Number(fmt.Sprint(x)))
+		// JSON numbers decode as float64; print them without an exponent
+		// so that integer flags accept large values (4194304, not 4.194304e+06).
+		return strconv.FormatFloat(x, 'f', -1, 64)
 	default:
 		return fmt.Sprint(x)
 	}

@@ -24,11 +24,18 @@ func newFS() (*flag.FlagSet, *string, *int, *time.Duration, *List, *string) {
 func TestPrecedence(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "c.json")
-	if err := os.WriteFile(file, []byte(`{"listen":"file","max-chunk":7,"timeout":"3s","backend":["a=1:1","b=2:2"]}`), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(`{"listen":"file","max-chunk":4194304,"timeout":"3s","backend":["a=1:1","b=2:2"]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("X_MAX_CHUNK", "9")
 	fs, listen, n, d, l, _ := newFS()
+	if err := Parse(fs, []string{"--config", file, "--listen", "flag"}, "X", "config"); err != nil {
+		t.Fatal(err)
+	}
+	if *n != 4194304 {
+		t.Fatalf("a large JSON number: got %d", *n)
+	}
+	t.Setenv("X_MAX_CHUNK", "9")
+	fs, listen, n, d, l, _ = newFS()
 	if err := Parse(fs, []string{"--config", file, "--listen", "flag"}, "X", "config"); err != nil {
 		t.Fatal(err)
 	}
