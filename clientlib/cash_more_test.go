@@ -279,3 +279,51 @@ func TestCASHRoundTrips(t *testing.T) {
 	}
 	t.Logf("%d handoffs among 3 devices; checksums equal both ways; one legacy connection", trips)
 }
+
+// TestCASHConsentTimeoutAndInProgress: a target that never answers times
+// the handoff out, a second handoff of the same session meanwhile is
+// refused, and the session stays with the source throughout.
+func TestCASHConsentTimeoutAndInProgress(t *testing.T) {
+	e := newCASHEnv(t, 0, func(c *mws.Config) { c.ConsentTimeout = 2 * time.Second }, "pda")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	asked := make(chan struct{}, 1)
+	release := make(chan struct{})
+	defer close(release)
+	silent := e.connect(ctx, "tv")
+	go silent.c.Serve(ctx, clientlib.Target{Accept: func(clientlib.Offer) (bool, string) {
+		asked <- struct{}{}
+		<-release
+		return false, "too late"
+	}})
+	pollDeadline(t, "tv online", func() bool {
+		list, _ := silent.c.Devices(ctx)
+		for _, d := range list {
+			if d.Name == "tv" && d.Online {
+				return true
+			}
+		}
+		return false
+	})
+	sess, err := e.devices["pda"].c.OpenSession(ctx, "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() {
+		_, err := sess.Handoff(ctx, "tv")
+		first <- err
+	}()
+	<-asked
+	_, err = sess.Handoff(ctx, "tv")
+	if rpcerr.Code(err) != codes.FailedPrecondition || rpcerr.Reason(err) != "HANDOFF_IN_PROGRESS" {
+		t.Fatalf("second handoff: %v", err)
+	}
+	err = <-first
+	if rpcerr.Code(err) != codes.DeadlineExceeded || rpcerr.Reason(err) != "TARGET_TIMEOUT" {
+		t.Fatalf("first handoff: %v", err)
+	}
+	if _, err := sess.Get(ctx, "images", "/images/"+e.set.Images()[0].Name); err != nil {
+		t.Fatalf("the source lost its session: %v", err)
+	}
+}
