@@ -29,15 +29,7 @@ func TestCASHRollbackAfterSavepoint(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	go hung.c.Serve(ctx, clientlib.Target{Select: func(clientlib.Summary) []string { <-release; return nil }})
-	pollDeadline(t, "car online", func() bool {
-		list, _ := hung.c.Devices(ctx)
-		for _, d := range list {
-			if d.Name == "car" && d.Online {
-				return true
-			}
-		}
-		return false
-	})
+	waitDeviceOnline(t, hung.c, "car")
 	sess, err := e.devices["pda"].c.OpenSession(ctx, "notes")
 	if err != nil {
 		t.Fatal(err)
@@ -296,15 +288,7 @@ func TestCASHConsentTimeoutAndInProgress(t *testing.T) {
 		<-release
 		return false, "too late"
 	}})
-	pollDeadline(t, "tv online", func() bool {
-		list, _ := silent.c.Devices(ctx)
-		for _, d := range list {
-			if d.Name == "tv" && d.Online {
-				return true
-			}
-		}
-		return false
-	})
+	waitDeviceOnline(t, silent.c, "tv")
 	sess, err := e.devices["pda"].c.OpenSession(ctx, "viewer")
 	if err != nil {
 		t.Fatal(err)
@@ -326,4 +310,18 @@ func TestCASHConsentTimeoutAndInProgress(t *testing.T) {
 	if _, err := sess.Get(ctx, "images", "/images/"+e.set.Images()[0].Name); err != nil {
 		t.Fatalf("the source lost its session: %v", err)
 	}
+}
+
+// waitDeviceOnline polls until the MWS lists the device as online.
+func waitDeviceOnline(t testing.TB, c *clientlib.Client, name string) {
+	t.Helper()
+	pollDeadline(t, name+" online", func() bool {
+		list, _ := c.Devices(context.Background())
+		for _, d := range list {
+			if d.Name == name && d.Online {
+				return true
+			}
+		}
+		return false
+	})
 }

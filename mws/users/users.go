@@ -23,6 +23,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/imashproject/imash/internal/atomicfile"
 )
 
 const (
@@ -256,7 +258,7 @@ func (f *File) Users() []string {
 // partial one. Comments and the order of lines are kept; new users are
 // appended.
 func (f *File) Save(path string) error {
-	if err := writeAtomic(path, f.marshal(), 0o600); err != nil {
+	if err := atomicfile.Write(path, f.marshal(), 0o600); err != nil {
 		return fmt.Errorf("users: save: %w", err)
 	}
 	return nil

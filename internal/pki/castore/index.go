@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/imashproject/imash/internal/pki"
+
+	"github.com/imashproject/imash/internal/atomicfile"
 )
 
 // indexVersion is the version of index.json this package writes and reads.
@@ -68,7 +70,7 @@ func writeIndex(path string, idx *indexFile) error {
 	if err != nil {
 		return fmt.Errorf("castore: %w", err)
 	}
-	if err := writeAtomic(path, append(data, '\n'), 0o644); err != nil {
+	if err := atomicfile.Write(path, append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("castore: write index: %w", err)
 	}
 	return nil

@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/imashproject/imash/internal/pki"
+
+	"github.com/imashproject/imash/internal/atomicfile"
 )
 
 // Names of the files and directories of a store.
@@ -99,10 +101,10 @@ func Init(dir, trustDomain string, validity time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("castore: init: %w", err)
 	}
 	keyPath := filepath.Join(dir, CAKeyFile)
-	if err := writeExclusive(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteExclusive(keyPath, keyPEM, 0o600); err != nil {
 		return nil, initWriteErr(dir, err)
 	}
-	if err := writeExclusive(filepath.Join(dir, CACertFile), ca.CertPEM(), 0o644); err != nil {
+	if err := atomicfile.WriteExclusive(filepath.Join(dir, CACertFile), ca.CertPEM(), 0o644); err != nil {
 		os.Remove(keyPath) // ours: created just above
 		return nil, initWriteErr(dir, err)
 	}
@@ -252,10 +254,10 @@ func (s *Store) issue(req pki.IssueRequest, replace bool) (*pki.Issued, Paths, e
 	}
 	// Key before certificate: a crash in between leaves a key without a
 	// certificate, never a new certificate beside an old key.
-	if err := writeAtomic(paths.Key, iss.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(paths.Key, iss.KeyPEM, 0o600); err != nil {
 		return nil, Paths{}, fmt.Errorf("castore: issue: %w", err)
 	}
-	if err := writeAtomic(paths.Cert, iss.CertPEM, 0o644); err != nil {
+	if err := atomicfile.Write(paths.Cert, iss.CertPEM, 0o644); err != nil {
 		return nil, Paths{}, fmt.Errorf("castore: issue: %w", err)
 	}
 	uri := id.String()
