@@ -325,3 +325,50 @@ func waitDeviceOnline(t testing.TB, c *clientlib.Client, name string) {
 		return false
 	})
 }
+
+// TestCASHSourceGoneThenReclaim: the source drops its state once the
+// savepoint is stored and goes away; the target then fails. Nothing is
+// lost: the session stays bound to the source device, which reclaims it
+// from the MWS's stored state.
+func TestCASHSourceGoneThenReclaim(t *testing.T) {
+	e := newCASHEnv(t, 0, func(c *mws.Config) { c.ResumeTimeout = 500 * time.Millisecond }, "pda")
+	ctx := context.Background()
+	srcCtx, srcGone := context.WithCancel(ctx)
+	hangCtx, stopHang := context.WithCancel(ctx)
+	defer stopHang()
+	hung := e.connect(hangCtx, "car")
+	go hung.c.Serve(hangCtx, clientlib.Target{Select: func(clientlib.Summary) []string {
+		srcGone() // the summary comes after the savepoint was acknowledged
+		<-hangCtx.Done()
+		return nil
+	}})
+	waitDeviceOnline(t, hung.c, "car")
+	pda := e.devices["pda"]
+	sess, err := pda.c.OpenSession(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.SetSavepointProvider(func(context.Context) ([]clientlib.Element, error) {
+		return []clientlib.Element{{Name: "notes", Kind: clientlib.AppObject, Data: []byte("do not lose me")}}, nil
+	})
+	if _, err := sess.Handoff(srcCtx, "car"); err == nil {
+		t.Fatal("the handoff succeeded although the target hung")
+	}
+	// Reclaiming while the failed handoff is still winding down is refused;
+	// once it is over the device gets its state back.
+	var r *clientlib.Resumed
+	pollDeadline(t, "reclaim", func() bool {
+		r, err = pda.c.Reclaim(ctx, sess.ID())
+		return err == nil
+	})
+	if len(r.Elements) != 1 || string(r.Elements[0].Data) != "do not lose me" {
+		t.Fatalf("reclaimed %+v", r.Elements)
+	}
+	if _, err := r.Session.Get(ctx, "images", "/images/"+e.set.Images()[0].Name); err != nil {
+		t.Fatalf("the reclaimed session does not work: %v", err)
+	}
+	// Another device of the user cannot reclaim it.
+	if _, err := hung.c.Reclaim(ctx, sess.ID()); rpcerr.Code(err) != codes.PermissionDenied {
+		t.Fatalf("reclaim from another device: %v", err)
+	}
+}

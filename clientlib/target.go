@@ -228,3 +228,17 @@ func (c *Client) Devices(ctx context.Context) ([]DeviceInfo, error) {
 	}
 	return out, nil
 }
+
+// Reclaim takes back a session bound to this device from the state the MWS
+// stored (after the app restarted, or after a handoff that failed once this
+// device had dropped its state).
+func (c *Client) Reclaim(ctx context.Context, sessionID string) (*Resumed, error) {
+	if err := c.loggedIn(); err != nil {
+		return nil, err
+	}
+	r, err := c.api.Reclaim(ctx, &mwsv1.ReclaimRequest{SessionId: sessionID})
+	if err != nil {
+		return nil, err
+	}
+	return c.resume(ctx, r.ResumeToken, nil)
+}

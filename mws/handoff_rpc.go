@@ -409,3 +409,27 @@ func (s *Server) resume(ctx context.Context, req *mwsv1.ResumeRequest, out mwsv1
 	s.log.Info("session resumed", "handoff", h.id, "session", ss.id, "device", p.device, "elements", len(els), "rollback", h.rollback)
 	return nil
 }
+
+// Reclaim issues a resume token for a session bound to the calling device,
+// so that it can take its stored state back without the session key.
+func (d *deviceService) Reclaim(ctx context.Context, req *mwsv1.ReclaimRequest) (*mwsv1.ReclaimResponse, error) {
+	s := d.s
+	p := principalFrom(ctx)
+	ss, err := s.sessions.owned(p, req.GetSessionId())
+	if err != nil {
+		return nil, err
+	}
+	ss.mu.Lock()
+	busy := ss.handoff != nil
+	ss.mu.Unlock()
+	if busy {
+		return nil, rpcerr.New(codes.FailedPrecondition, "HANDOFF_IN_PROGRESS", "session %s is being handed off", ss.id)
+	}
+	back := newHandoff(ss, p.device, p.device)
+	back.rollback = true
+	back.state = hoSavepointed
+	close(back.prepDone)
+	tok, _ := s.handoffs.issue(back, p.device, purposeResume, s.cfg.ResumeTimeout)
+	s.log.Info("session reclaimed", "session", ss.id, "device", p.device)
+	return &mwsv1.ReclaimResponse{ResumeToken: tok}, nil
+}

@@ -126,6 +126,24 @@ func (t *sessionTable) get(p principal, id, key string) (*session, error) {
 	return ss, nil
 }
 
+// owned returns the session if it belongs to the principal's user and is
+// bound to the principal's device, without asking for its key.
+func (t *sessionTable) owned(p principal, id string) (*session, error) {
+	t.mu.Lock()
+	ss := t.byID[id]
+	t.mu.Unlock()
+	if ss == nil || ss.user != p.user {
+		return nil, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "no session %q for user %q", id, p.user)
+	}
+	ss.mu.Lock()
+	dev := ss.device
+	ss.mu.Unlock()
+	if dev != p.device {
+		return nil, rpcerr.New(codes.PermissionDenied, "SESSION_ON_OTHER_DEVICE", "session %q is on device %q", id, dev)
+	}
+	return ss, nil
+}
+
 func (t *sessionTable) remove(id string) *session {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -2091,7 +2091,7 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\x12CACHE_OUTCOME_MISS\x10\x01\x12\x15\n" +
 	"\x11CACHE_OUTCOME_HIT\x10\x02\x12\x1d\n" +
 	"\x19CACHE_OUTCOME_REVALIDATED\x10\x03\x12\x1a\n" +
-	"\x16CACHE_OUTCOME_UNCACHED\x10\x042\xeb\a\n" +
+	"\x16CACHE_OUTCOME_UNCACHED\x10\x042\xb3\b\n" +
 	"\x06Device\x12@\n" +
 	"\x05Login\x12\x1a.imash.mws.v1.LoginRequest\x1a\x1b.imash.mws.v1.LoginResponse\x12C\n" +
 	"\x06Logout\x12\x1b.imash.mws.v1.LogoutRequest\x1a\x1c.imash.mws.v1.LogoutResponse\x12R\n" +
@@ -2105,7 +2105,8 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\vListDevices\x12 .imash.mws.v1.ListDevicesRequest\x1a!.imash.mws.v1.ListDevicesResponse\x12M\n" +
 	"\aHandoff\x12\x1e.imash.mws.v1.HandoffClientMsg\x1a\x1e.imash.mws.v1.HandoffServerMsg(\x010\x01\x12R\n" +
 	"\vAnswerOffer\x12 .imash.mws.v1.AnswerOfferRequest\x1a!.imash.mws.v1.AnswerOfferResponse\x12E\n" +
-	"\x06Resume\x12\x1b.imash.mws.v1.ResumeRequest\x1a\x1c.imash.mws.v1.ResumeResponse0\x01B8Z6github.com/imashproject/imash/proto/imash/mws/v1;mwsv1b\x06proto3"
+	"\x06Resume\x12\x1b.imash.mws.v1.ResumeRequest\x1a\x1c.imash.mws.v1.ResumeResponse0\x01\x12F\n" +
+	"\aReclaim\x12\x1c.imash.mws.v1.ReclaimRequest\x1a\x1d.imash.mws.v1.ReclaimResponseB8Z6github.com/imashproject/imash/proto/imash/mws/v1;mwsv1b\x06proto3"
 
 var (
 	file_imash_mws_v1_device_proto_rawDescOnce sync.Once
@@ -2162,10 +2163,12 @@ var file_imash_mws_v1_device_proto_goTypes = []any{
 	(*HandoffClientMsg)(nil),     // 37: imash.mws.v1.HandoffClientMsg
 	(*AnswerOfferRequest)(nil),   // 38: imash.mws.v1.AnswerOfferRequest
 	(*ResumeRequest)(nil),        // 39: imash.mws.v1.ResumeRequest
-	(*ListDevicesResponse)(nil),  // 40: imash.mws.v1.ListDevicesResponse
-	(*HandoffServerMsg)(nil),     // 41: imash.mws.v1.HandoffServerMsg
-	(*AnswerOfferResponse)(nil),  // 42: imash.mws.v1.AnswerOfferResponse
-	(*ResumeResponse)(nil),       // 43: imash.mws.v1.ResumeResponse
+	(*ReclaimRequest)(nil),       // 40: imash.mws.v1.ReclaimRequest
+	(*ListDevicesResponse)(nil),  // 41: imash.mws.v1.ListDevicesResponse
+	(*HandoffServerMsg)(nil),     // 42: imash.mws.v1.HandoffServerMsg
+	(*AnswerOfferResponse)(nil),  // 43: imash.mws.v1.AnswerOfferResponse
+	(*ResumeResponse)(nil),       // 44: imash.mws.v1.ResumeResponse
+	(*ReclaimResponse)(nil),      // 45: imash.mws.v1.ReclaimResponse
 }
 var file_imash_mws_v1_device_proto_depIdxs = []int32{
 	10, // 0: imash.mws.v1.ListSessionsResponse.sessions:type_name -> imash.mws.v1.SessionInfo
@@ -2201,21 +2204,23 @@ var file_imash_mws_v1_device_proto_depIdxs = []int32{
 	37, // 30: imash.mws.v1.Device.Handoff:input_type -> imash.mws.v1.HandoffClientMsg
 	38, // 31: imash.mws.v1.Device.AnswerOffer:input_type -> imash.mws.v1.AnswerOfferRequest
 	39, // 32: imash.mws.v1.Device.Resume:input_type -> imash.mws.v1.ResumeRequest
-	2,  // 33: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
-	4,  // 34: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
-	6,  // 35: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
-	8,  // 36: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
-	11, // 37: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
-	14, // 38: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
-	17, // 39: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
-	24, // 40: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
-	29, // 41: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
-	40, // 42: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
-	41, // 43: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
-	42, // 44: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
-	43, // 45: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
-	33, // [33:46] is the sub-list for method output_type
-	20, // [20:33] is the sub-list for method input_type
+	40, // 33: imash.mws.v1.Device.Reclaim:input_type -> imash.mws.v1.ReclaimRequest
+	2,  // 34: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
+	4,  // 35: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
+	6,  // 36: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
+	8,  // 37: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
+	11, // 38: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
+	14, // 39: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
+	17, // 40: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
+	24, // 41: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
+	29, // 42: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
+	41, // 43: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
+	42, // 44: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
+	43, // 45: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
+	44, // 46: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
+	45, // 47: imash.mws.v1.Device.Reclaim:output_type -> imash.mws.v1.ReclaimResponse
+	34, // [34:48] is the sub-list for method output_type
+	20, // [20:34] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name

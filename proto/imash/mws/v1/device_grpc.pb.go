@@ -45,6 +45,7 @@ const (
 	Device_Handoff_FullMethodName      = "/imash.mws.v1.Device/Handoff"
 	Device_AnswerOffer_FullMethodName  = "/imash.mws.v1.Device/AnswerOffer"
 	Device_Resume_FullMethodName       = "/imash.mws.v1.Device/Resume"
+	Device_Reclaim_FullMethodName      = "/imash.mws.v1.Device/Reclaim"
 )
 
 // DeviceClient is the client API for Device service.
@@ -102,6 +103,12 @@ type DeviceClient interface {
 	// server objects from the MWS's original copies, adapted for this device
 	// — and makes the session the target's.
 	Resume(ctx context.Context, in *ResumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResumeResponse], error)
+	// Reclaim gives the device a session of its own back from the state the
+	// MWS stored — after the app restarted, or after a handoff failed once
+	// the source had dropped its state and gone away. It returns a resume
+	// token for this device; Resume then delivers the state and a new session
+	// key.
+	Reclaim(ctx context.Context, in *ReclaimRequest, opts ...grpc.CallOption) (*ReclaimResponse, error)
 }
 
 type deviceClient struct {
@@ -275,6 +282,16 @@ func (c *deviceClient) Resume(ctx context.Context, in *ResumeRequest, opts ...gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Device_ResumeClient = grpc.ServerStreamingClient[ResumeResponse]
 
+func (c *deviceClient) Reclaim(ctx context.Context, in *ReclaimRequest, opts ...grpc.CallOption) (*ReclaimResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReclaimResponse)
+	err := c.cc.Invoke(ctx, Device_Reclaim_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeviceServer is the server API for Device service.
 // All implementations must embed UnimplementedDeviceServer
 // for forward compatibility.
@@ -330,6 +347,12 @@ type DeviceServer interface {
 	// server objects from the MWS's original copies, adapted for this device
 	// — and makes the session the target's.
 	Resume(*ResumeRequest, grpc.ServerStreamingServer[ResumeResponse]) error
+	// Reclaim gives the device a session of its own back from the state the
+	// MWS stored — after the app restarted, or after a handoff failed once
+	// the source had dropped its state and gone away. It returns a resume
+	// token for this device; Resume then delivers the state and a new session
+	// key.
+	Reclaim(context.Context, *ReclaimRequest) (*ReclaimResponse, error)
 	mustEmbedUnimplementedDeviceServer()
 }
 
@@ -378,6 +401,9 @@ func (UnimplementedDeviceServer) AnswerOffer(context.Context, *AnswerOfferReques
 }
 func (UnimplementedDeviceServer) Resume(*ResumeRequest, grpc.ServerStreamingServer[ResumeResponse]) error {
 	return status.Error(codes.Unimplemented, "method Resume not implemented")
+}
+func (UnimplementedDeviceServer) Reclaim(context.Context, *ReclaimRequest) (*ReclaimResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reclaim not implemented")
 }
 func (UnimplementedDeviceServer) mustEmbedUnimplementedDeviceServer() {}
 func (UnimplementedDeviceServer) testEmbeddedByValue()                {}
@@ -591,6 +617,24 @@ func _Device_Resume_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Device_ResumeServer = grpc.ServerStreamingServer[ResumeResponse]
 
+func _Device_Reclaim_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReclaimRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServer).Reclaim(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Device_Reclaim_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServer).Reclaim(ctx, req.(*ReclaimRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Device_ServiceDesc is the grpc.ServiceDesc for Device service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -629,6 +673,10 @@ var Device_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AnswerOffer",
 			Handler:    _Device_AnswerOffer_Handler,
+		},
+		{
+			MethodName: "Reclaim",
+			Handler:    _Device_Reclaim_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1669,6 +1669,94 @@ func (x *Resumed) GetTimings() *HandoffTimings {
 	return nil
 }
 
+type ReclaimRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReclaimRequest) Reset() {
+	*x = ReclaimRequest{}
+	mi := &file_imash_mws_v1_handoff_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReclaimRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReclaimRequest) ProtoMessage() {}
+
+func (x *ReclaimRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_handoff_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReclaimRequest.ProtoReflect.Descriptor instead.
+func (*ReclaimRequest) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_handoff_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReclaimRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+type ReclaimResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ResumeToken   string                 `protobuf:"bytes,1,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReclaimResponse) Reset() {
+	*x = ReclaimResponse{}
+	mi := &file_imash_mws_v1_handoff_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReclaimResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReclaimResponse) ProtoMessage() {}
+
+func (x *ReclaimResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_handoff_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReclaimResponse.ProtoReflect.Descriptor instead.
+func (*ReclaimResponse) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_handoff_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ReclaimResponse) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
+}
+
 var File_imash_mws_v1_handoff_proto protoreflect.FileDescriptor
 
 const file_imash_mws_v1_handoff_proto_rawDesc = "" +
@@ -1785,7 +1873,12 @@ const file_imash_mws_v1_handoff_proto_rawDesc = "" +
 	"sessionKey\x12\x10\n" +
 	"\x03app\x18\x03 \x01(\tR\x03app\x12\x16\n" +
 	"\x06labels\x18\x04 \x03(\tR\x06labels\x126\n" +
-	"\atimings\x18\x05 \x01(\v2\x1c.imash.mws.v1.HandoffTimingsR\atimings*\x9c\x01\n" +
+	"\atimings\x18\x05 \x01(\v2\x1c.imash.mws.v1.HandoffTimingsR\atimings\"/\n" +
+	"\x0eReclaimRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\"4\n" +
+	"\x0fReclaimResponse\x12!\n" +
+	"\fresume_token\x18\x01 \x01(\tR\vresumeToken*\x9c\x01\n" +
 	"\vElementKind\x12\x1c\n" +
 	"\x18ELEMENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aELEMENT_KIND_SERVER_OBJECT\x10\x01\x12\x1b\n" +
@@ -1806,7 +1899,7 @@ func file_imash_mws_v1_handoff_proto_rawDescGZIP() []byte {
 }
 
 var file_imash_mws_v1_handoff_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imash_mws_v1_handoff_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_imash_mws_v1_handoff_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_imash_mws_v1_handoff_proto_goTypes = []any{
 	(ElementKind)(0),            // 0: imash.mws.v1.ElementKind
 	(*ListDevicesRequest)(nil),  // 1: imash.mws.v1.ListDevicesRequest
@@ -1832,6 +1925,8 @@ var file_imash_mws_v1_handoff_proto_goTypes = []any{
 	(*ResumeResponse)(nil),      // 21: imash.mws.v1.ResumeResponse
 	(*DeliveredElement)(nil),    // 22: imash.mws.v1.DeliveredElement
 	(*Resumed)(nil),             // 23: imash.mws.v1.Resumed
+	(*ReclaimRequest)(nil),      // 24: imash.mws.v1.ReclaimRequest
+	(*ReclaimResponse)(nil),     // 25: imash.mws.v1.ReclaimResponse
 }
 var file_imash_mws_v1_handoff_proto_depIdxs = []int32{
 	2,  // 0: imash.mws.v1.ListDevicesResponse.devices:type_name -> imash.mws.v1.DeviceInfo
@@ -1884,7 +1979,7 @@ func file_imash_mws_v1_handoff_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imash_mws_v1_handoff_proto_rawDesc), len(file_imash_mws_v1_handoff_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
