@@ -82,6 +82,9 @@ func (s *Session) openStream(ctx context.Context, open *mwsv1.StreamOpen, backen
 	st, err := s.c.api.Stream(s.ctx(sctx))
 	if err == nil {
 		err = st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: open}})
+		if errors.Is(err, io.EOF) {
+			err = nil // the MWS ended the call: Recv returns its status
+		}
 	}
 	var first *mwsv1.StreamResponse
 	if err == nil {

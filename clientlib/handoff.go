@@ -83,7 +83,8 @@ func (s *Session) Handoff(ctx context.Context, target string) (*HandoffResult, e
 	if err != nil {
 		return nil, err
 	}
-	if err := hs.Send(&mwsv1.HandoffClientMsg{Msg: &mwsv1.HandoffClientMsg_Start{Start: &mwsv1.HandoffStart{SessionId: s.id, TargetDevice: target}}}); err != nil {
+	// io.EOF means the MWS already ended the call: Recv returns its status.
+	if err := hs.Send(&mwsv1.HandoffClientMsg{Msg: &mwsv1.HandoffClientMsg_Start{Start: &mwsv1.HandoffStart{SessionId: s.id, TargetDevice: target}}}); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	res := &HandoffResult{}

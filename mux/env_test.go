@@ -111,7 +111,9 @@ func attach(ctx context.Context, t testing.TB, c muxv1.MuxClient, id string, epo
 		cancel()
 		return nil, err
 	}
-	if err := ac.Send(&muxv1.AttachRequest{Msg: &muxv1.AttachRequest_Hello{Hello: &muxv1.Hello{StreamId: id, Epoch: epoch}}}); err != nil {
+	// A Send that fails with io.EOF means the server already ended the
+	// call; its status comes from Recv.
+	if err := ac.Send(&muxv1.AttachRequest{Msg: &muxv1.AttachRequest_Hello{Hello: &muxv1.Hello{StreamId: id, Epoch: epoch}}}); err != nil && !errors.Is(err, io.EOF) {
 		cancel()
 		return nil, err
 	}

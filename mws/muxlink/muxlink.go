@@ -84,6 +84,9 @@ func (c *Client) Attach(ctx context.Context, id string, epoch uint64) (*Stream, 
 	ac, err := c.api.Attach(chCtx)
 	if err == nil {
 		err = ac.Send(&muxv1.AttachRequest{Msg: &muxv1.AttachRequest_Hello{Hello: &muxv1.Hello{StreamId: id, Epoch: epoch}}})
+		if errors.Is(err, io.EOF) {
+			err = nil // the mux ended the call: Recv returns its status
+		}
 	}
 	var first *muxv1.AttachResponse
 	if err == nil {
