@@ -47,9 +47,6 @@ type Client struct {
 	api mwsv1.DeviceClient
 	log *slog.Logger
 
-	closeOnce sync.Once
-	closed    chan struct{} // closed by Close
-
 	mu     sync.RWMutex
 	cred   string
 	user   string
@@ -69,7 +66,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{cfg: cfg, log: log, closed: make(chan struct{})}
+	c := &Client{cfg: cfg, log: log}
 	cc, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(cfg.Certificate, cfg.Roots, pki.RoleMWS))),
 		grpc.WithPerRPCCredentials(bearer{c}),
@@ -84,10 +81,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 }
 
 // Close closes the connection. Sessions stay at the MWS.
-func (c *Client) Close() error {
-	c.closeOnce.Do(func() { close(c.closed) })
-	return c.cc.Close()
-}
+func (c *Client) Close() error { return c.cc.Close() }
 
 // bearer attaches the login credential to every call.
 type bearer struct{ c *Client }

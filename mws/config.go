@@ -59,8 +59,11 @@ type Config struct {
 	MaxAppBytes   int
 	// GetChunk is the size of the body chunks Get sends.
 	GetChunk int
-	// HTTPIdleConns bounds idle keep-alive legacy connections per backend.
+	// HTTPIdleConns bounds idle keep-alive legacy connections per backend;
+	// HTTPMaxConns bounds all of them (requests beyond it wait for a
+	// connection, so a burst of sessions cannot flood a legacy server).
 	HTTPIdleConns int
+	HTTPMaxConns  int
 	// HTTPTimeout bounds one exchange with a legacy HTTP server.
 	HTTPTimeout time.Duration
 
@@ -102,6 +105,7 @@ func NewDefaultConfig() Config {
 		MaxAppBytes:          64,
 		GetChunk:             256 << 10,
 		HTTPIdleConns:        8,
+		HTTPMaxConns:         64,
 		HTTPTimeout:          60 * time.Second,
 		ConsentTimeout:       30 * time.Second,
 		ParkExpiry:           5 * time.Minute,
@@ -146,7 +150,7 @@ func (c Config) Validate() error {
 		{"MaxStreamsPerSession", c.MaxStreamsPerSession}, {"MaxPathBytes", c.MaxPathBytes},
 		{"MaxHeaders", c.MaxHeaders}, {"MaxHeaderBytes", c.MaxHeaderBytes}, {"MaxLabels", c.MaxLabels},
 		{"MaxLabelBytes", c.MaxLabelBytes}, {"MaxAppBytes", c.MaxAppBytes}, {"GetChunk", c.GetChunk},
-		{"HTTPIdleConns", c.HTTPIdleConns}, {"MaxSavepointElements", c.MaxSavepointElements},
+		{"HTTPIdleConns", c.HTTPIdleConns}, {"HTTPMaxConns", c.HTTPMaxConns}, {"MaxSavepointElements", c.MaxSavepointElements},
 		{"MaxSavepointBytes", c.MaxSavepointBytes}, {"MaxElementBytes", c.MaxElementBytes},
 	}
 	for _, p := range positive {

@@ -45,10 +45,7 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 		if resume != 0 {
 			return rpcerr.New(codes.InvalidArgument, "RESUME_WITHOUT_STREAM", "resume_offset needs a stream_id")
 		}
-		ss.mu.Lock()
-		n := len(ss.streams)
-		ss.mu.Unlock()
-		if n >= s.cfg.MaxStreamsPerSession {
+		if s.openStreams(ctx, ss) >= s.cfg.MaxStreamsPerSession {
 			return rpcerr.New(codes.ResourceExhausted, "TOO_MANY_STREAMS", "session holds its limit of %d streams", s.cfg.MaxStreamsPerSession)
 		}
 		st, err = s.mux.Open(ctx, open.GetBackend(), ss.id)
@@ -69,6 +66,9 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 		}
 		st, err = s.mux.Attach(ctx, rs.id, rs.epoch)
 		if err != nil {
+			if rpcerr.Code(err) == codes.NotFound {
+				ss.forgetStream(rs)
+			}
 			return upstreamStatus(rs.backend, err)
 		}
 		if resume < st.DownStart() {
@@ -133,6 +133,42 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// openStreams counts the session's streams. When the count reaches the
+// limit it first forgets the streams the mux no longer holds: a stream that
+// ended while no device was attached (its orphan timeout expired at the mux)
+// must not keep its place.
+func (s *Server) openStreams(ctx context.Context, ss *session) int {
+	ss.mu.Lock()
+	n := len(ss.streams)
+	var idle []*relayState
+	for _, r := range ss.streams {
+		if !r.active {
+			idle = append(idle, r)
+		}
+	}
+	ss.mu.Unlock()
+	if n < s.cfg.MaxStreamsPerSession {
+		return n
+	}
+	for _, r := range idle {
+		if _, err := s.mux.API().GetStream(ctx, &muxv1.GetStreamRequest{StreamId: r.id}); rpcerr.Code(err) == codes.NotFound {
+			ss.forgetStream(r)
+		}
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return len(ss.streams)
+}
+
+// forgetStream removes r from the session, unless it was replaced.
+func (ss *session) forgetStream(r *relayState) {
+	ss.mu.Lock()
+	if ss.streams[r.id] == r {
+		delete(ss.streams, r.id)
+	}
+	ss.mu.Unlock()
 }
 
 // relayDown translates one mux message for the device; end reports that the

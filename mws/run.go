@@ -144,6 +144,7 @@ func newServeFlagSet(cfg *Config, sf *serveFlags) *flag.FlagSet {
 	fs.Var(cliflag.BytesInt(&cfg.MaxAppBytes), "max-app-bytes", "longest application name in `bytes`")
 	fs.Var(cliflag.BytesInt(&cfg.GetChunk), "get-chunk", "size in `bytes` of the body chunks sent to devices (at most 3MiB)")
 	fs.Var(cliflag.Int(&cfg.HTTPIdleConns), "http-idle-conns", "at most `n` idle keep-alive legacy connections are kept per backend")
+	fs.Var(cliflag.Int(&cfg.HTTPMaxConns), "http-max-conns", "at most `n` legacy connections per HTTP backend; further requests wait")
 	fs.DurationVar(&cfg.HTTPTimeout, "http-timeout", cfg.HTTPTimeout, "longest wait for a legacy HTTP server's response headers")
 	fs.StringVar(&sf.policy, "policy", "", "handoff policy JSON `file`: which sessions may move to which device classes (default: every move is allowed)")
 	fs.DurationVar(&cfg.ConsentTimeout, "consent-timeout", cfg.ConsentTimeout, "how long a handoff waits for an online target device's consent")
@@ -306,7 +307,7 @@ var runFlagHints = []struct{ field, flag string }{
 	{"MaxStreamsPerSession", "--max-streams-per-session"}, {"MaxPathBytes", "--max-path-bytes"},
 	{"MaxHeaders", "--max-headers"}, {"MaxHeaderBytes", "--max-header-bytes"}, {"MaxLabels", "--max-labels"},
 	{"MaxLabelBytes", "--max-label-bytes"}, {"MaxAppBytes", "--max-app-bytes"}, {"GetChunk", "--get-chunk"},
-	{"HTTPIdleConns", "--http-idle-conns"}, {"CredentialTTL", "--credential-ttl"}, {"HTTPTimeout", "--http-timeout"},
+	{"HTTPIdleConns", "--http-idle-conns"}, {"HTTPMaxConns", "--http-max-conns"}, {"CredentialTTL", "--credential-ttl"}, {"HTTPTimeout", "--http-timeout"},
 	{"MaxSavepointElements", "--max-savepoint-elements"}, {"MaxSavepointBytes", "--max-savepoint-bytes"},
 	{"MaxElementBytes", "--max-element-bytes"}, {"ConsentTimeout", "--consent-timeout"}, {"ParkExpiry", "--park-expiry"},
 	{"SavepointTimeout", "--savepoint-timeout"}, {"ResumeTimeout", "--resume-timeout"},

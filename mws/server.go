@@ -72,6 +72,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.transport = &http.Transport{
 		DialContext:           s.dialBackend,
 		MaxIdleConnsPerHost:   cfg.HTTPIdleConns,
+		MaxConnsPerHost:       cfg.HTTPMaxConns,
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: cfg.HTTPTimeout,
 		DisableCompression:    true,
