@@ -1,6 +1,7 @@
 package mws
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -165,6 +166,10 @@ func upstreamStatus(backend string, err error) error {
 	}
 	msg := err.Error()
 	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return rpcerr.New(codes.DeadlineExceeded, "UPSTREAM_TIMEOUT", "backend %q: %v", backend, err)
+	case errors.Is(err, context.Canceled):
+		return rpcerr.New(codes.Canceled, "CANCELED", "backend %q: %v", backend, err)
 	case errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(msg, "unexpected EOF"):
 		return rpcerr.New(codes.DataLoss, "UPSTREAM_TRUNCATED", "backend %q: response truncated: %v", backend, err)
 	case strings.Contains(msg, "malformed"):
