@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/imashproject/imash/internal/grpcbuf"
 	"github.com/imashproject/imash/internal/pki"
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 )
@@ -67,11 +68,12 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{cfg: cfg, log: log}
-	cc, err := grpc.NewClient(addr,
+	opts := append(grpcbuf.DialOptions(),
 		grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(cfg.Certificate, cfg.Roots, pki.RoleMWS))),
 		grpc.WithPerRPCCredentials(bearer{c}),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20)))
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("clientlib: dial %s: %w", addr, err)
 	}

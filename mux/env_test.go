@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/imashproject/imash/internal/grpcbuf"
 	"github.com/imashproject/imash/internal/pki"
 	"github.com/imashproject/imash/internal/rpcerr"
 	"github.com/imashproject/imash/mux"
@@ -77,9 +78,10 @@ func (e *env) client(role pki.Role, name string, ca *pki.CA) muxv1.MuxClient {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(e.addr,
+	opts := append(grpcbuf.DialOptions(),
 		grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(cert.TLS, e.ca.Pool(), pki.RoleMux))),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20)))
+	conn, err := grpc.NewClient(e.addr, opts...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

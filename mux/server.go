@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/imashproject/imash/internal/grpcbuf"
 	"github.com/imashproject/imash/internal/pki"
 	"github.com/imashproject/imash/internal/rpcerr"
 	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
@@ -54,7 +55,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	for _, b := range cfg.Backends {
 		s.backends[b.Name] = b
 	}
-	opts := append(pki.RequireRoles(pki.RoleMWS),
+	opts := append(pki.RequireRoles(pki.RoleMWS), grpcbuf.ServerOptions()...)
+	opts = append(opts,
 		grpc.Creds(credentials.NewTLS(cfg.TLS)),
 		grpc.MaxRecvMsgSize(2*cfg.MaxChunk+4096),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/imashproject/imash/internal/grpcbuf"
 	"github.com/imashproject/imash/internal/pki"
 	"github.com/imashproject/imash/internal/rpcerr"
 	"github.com/imashproject/imash/mws/muxlink"
@@ -84,6 +85,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	opts := append(pki.RequireRoles(pki.RoleDevice), s.authInterceptors()...)
+	opts = append(opts, grpcbuf.ServerOptions()...)
 	opts = append(opts,
 		grpc.Creds(credentials.NewTLS(cfg.TLS)),
 		grpc.MaxRecvMsgSize(4<<20), // savepoint uploads; raw stream chunks are checked separately

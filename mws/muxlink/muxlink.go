@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/imashproject/imash/internal/grpcbuf"
 	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
 )
 
@@ -40,10 +41,11 @@ func Dial(addr string, tlsConf *tls.Config, log *slog.Logger) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cc, err := grpc.NewClient(addr,
+	opts := append(grpcbuf.DialOptions(),
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20)))
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("muxlink: dial %s: %w", addr, err)
 	}
