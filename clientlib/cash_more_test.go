@@ -154,15 +154,20 @@ func TestCASHParkAndPickUp(t *testing.T) {
 		err error
 	}
 	done := make(chan outcome, 1)
+	parked := make(chan time.Time, 1)
 	go func() {
-		res, err := sess.Handoff(ctx, "wall-display")
+		res, err := sess.Handoff(ctx, "wall-display", clientlib.OnParked(func(exp time.Time) { parked <- exp }))
 		done <- outcome{res, err}
 	}()
 	// The device comes online later and picks the session up.
-	pollDeadline(t, "the handoff parked", func() bool {
-		list, _ := e.devices["pda"].c.Sessions(ctx)
-		return len(list) == 1
-	})
+	select {
+	case exp := <-parked:
+		if !exp.After(time.Now()) {
+			t.Fatalf("parked until %v, already past", exp)
+		}
+	case o := <-done:
+		t.Fatalf("the handoff ended without parking: %+v, %v", o.res, o.err)
+	}
 	go wall.c.Serve(ctx, clientlib.Target{Resumed: func(r *clientlib.Resumed) { wall.arrived <- r }})
 	r := wall.waitArrival(t)
 	if len(r.Elements) != 1 || string(r.Elements[0].Data) != "slide 7" {

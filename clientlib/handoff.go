@@ -64,6 +64,19 @@ func timingsFrom(t *mwsv1.HandoffTimings) Timings {
 // savepoint was stored; Handoff has restored the session on this device.
 var ErrRolledBack = errors.New("clientlib: handoff rolled back")
 
+// HandoffOption adjusts a Handoff.
+type HandoffOption func(*handoffOptions)
+
+type handoffOptions struct {
+	onParked func(expires time.Time)
+}
+
+// OnParked is called when the target is offline and the session waits for
+// it (until expires); Handoff goes on waiting.
+func OnParked(f func(expires time.Time)) HandoffOption {
+	return func(o *handoffOptions) { o.onParked = f }
+}
+
 // HandoffResult is what the source learns of a completed handoff.
 type HandoffResult struct {
 	Timings Timings
@@ -76,7 +89,11 @@ type HandoffResult struct {
 // Conns) no longer work. On failure before the savepoint was stored the
 // session is untouched; after it, the library takes the state back from the
 // MWS (Restored holds it) and the error wraps ErrRolledBack.
-func (s *Session) Handoff(ctx context.Context, target string) (*HandoffResult, error) {
+func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOption) (*HandoffResult, error) {
+	var o handoffOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	hs, err := s.c.api.Handoff(s.ctx(ctx))
@@ -110,6 +127,9 @@ func (s *Session) Handoff(ctx context.Context, target string) (*HandoffResult, e
 		switch m := m.Msg.(type) {
 		case *mwsv1.HandoffServerMsg_Parked:
 			res.Parked = true
+			if o.onParked != nil {
+				o.onParked(time.Unix(0, m.Parked.ExpiresUnixNano))
+			}
 		case *mwsv1.HandoffServerMsg_Invite:
 			els, conns, err := s.savepoint(ctx)
 			frozen = conns
