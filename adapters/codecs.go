@@ -1,0 +1,87 @@
+package adapters
+
+import (
+	"bytes"
+	"image"
+	"image/draw"
+	"image/gif"
+	"image/jpeg"
+	"image/png"
+	"io"
+)
+
+// Codec decodes and encodes one raster format. Planning chooses output
+// formats by the capability flags, never by name.
+type Codec struct {
+	MediaType string
+	// SupportsQuality: Encode honours quality (1–100), so a byte budget can
+	// be met by lowering it.
+	SupportsQuality bool
+	// SupportsAlpha: transparency survives encoding; otherwise transparent
+	// pixels are flattened onto white first.
+	SupportsAlpha bool
+	// Decode decodes the first (or only) frame.
+	Decode func(r io.Reader) (image.Image, error)
+	// Encode writes img; quality is ignored unless SupportsQuality.
+	Encode func(w io.Writer, img image.Image, quality int) error
+}
+
+// DefaultCodecs returns the built-in JPEG, PNG and GIF codecs.
+func DefaultCodecs() []Codec {
+	return []Codec{
+		{
+			MediaType: MediaJPEG, SupportsQuality: true,
+			Decode: jpeg.Decode,
+			Encode: func(w io.Writer, img image.Image, q int) error {
+				return jpeg.Encode(w, fastJPEGInput(img), &jpeg.Options{Quality: q})
+			},
+		},
+		{
+			MediaType: MediaPNG, SupportsAlpha: true,
+			Decode: png.Decode,
+			Encode: func(w io.Writer, img image.Image, _ int) error {
+				enc := png.Encoder{CompressionLevel: png.DefaultCompression}
+				return enc.Encode(w, img)
+			},
+		},
+		{
+			MediaType: MediaGIF, SupportsAlpha: true,
+			Decode: gif.Decode,
+			Encode: func(w io.Writer, img image.Image, _ int) error {
+				return gif.Encode(w, img, &gif.Options{NumColors: 256})
+			},
+		},
+	}
+}
+
+// fastJPEGInput gives image/jpeg a type it encodes without a per-pixel
+// interface call: an opaque NRGBA has the same bytes as an RGBA.
+func fastJPEGInput(img image.Image) image.Image {
+	if n, ok := img.(*image.NRGBA); ok && n.Opaque() {
+		return &image.RGBA{Pix: n.Pix, Stride: n.Stride, Rect: n.Rect}
+	}
+	return img
+}
+
+// flatten composites img onto white when it has transparency.
+func flatten(img image.Image) image.Image {
+	if o, ok := img.(interface{ Opaque() bool }); ok && o.Opaque() {
+		return img
+	}
+	b := img.Bounds()
+	dst := image.NewRGBA(b)
+	draw.Draw(dst, b, image.White, image.Point{}, draw.Src)
+	draw.Draw(dst, b, img, b.Min, draw.Over)
+	return dst
+}
+
+func encode(c *Codec, img image.Image, quality int) ([]byte, error) {
+	if !c.SupportsAlpha {
+		img = flatten(img)
+	}
+	var buf bytes.Buffer
+	if err := c.Encode(&buf, img, quality); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

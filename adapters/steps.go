@@ -1,0 +1,269 @@
+package adapters
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	"math"
+
+	"github.com/disintegration/imaging"
+)
+
+// stepFor returns the Step executing cmd.
+func stepFor(cmd Command) (Step, error) {
+	switch cmd.Name {
+	case CmdDecode:
+		return decodeStep, nil
+	case CmdConvert:
+		return convertStep(cmd), nil
+	case CmdResize:
+		return resizeStep(cmd), nil
+	case CmdRecolor:
+		return recolorStep(cmd), nil
+	case CmdEncode:
+		return encodeStep(cmd), nil
+	case CmdReencode:
+		return reencodeStep(cmd), nil
+	case CmdGeometry:
+		return geometryStep(cmd), nil
+	}
+	return nil, fmt.Errorf("%w: no step for command %q", ErrUnsupported, cmd.Name)
+}
+
+// decodeStep decodes Src with the codec of its characterized format. The
+// characterizer has already checked the pixel limit.
+func decodeStep(pc *Context) error {
+	k := pc.codecs[pc.Attrs.Format]
+	if k == nil {
+		return &UnsupportedError{Format: pc.Attrs.Format, Reason: "no decoder"}
+	}
+	img, err := k.Decode(bytes.NewReader(pc.Src))
+	if err != nil {
+		return &DecodeError{Format: pc.Attrs.Format, Err: err}
+	}
+	pc.Image, pc.Codec = img, k
+	pc.Applied = append(pc.Applied, CmdDecode)
+	return nil
+}
+
+func convertStep(cmd Command) Step {
+	return func(pc *Context) error {
+		k := pc.codecs[cmd.Format]
+		if k == nil {
+			return &UnsupportedError{Format: cmd.Format, Reason: "no encoder"}
+		}
+		pc.Codec = k
+		pc.Applied = append(pc.Applied, cmd.String())
+		return nil
+	}
+}
+
+// resizeFilter picks the resampling filter: for reductions of 2x or more a
+// box filter (area average) is as good to the eye as Lanczos on photos and
+// several times faster; for small reductions a linear filter.
+func resizeFilter(srcW, dstW int) imaging.ResampleFilter {
+	if srcW >= 2*dstW {
+		return imaging.Box
+	}
+	return imaging.Linear
+}
+
+func resize(img image.Image, w, h int) *image.NRGBA {
+	return imaging.Resize(img, w, h, resizeFilter(img.Bounds().Dx(), w))
+}
+
+func resizeStep(cmd Command) Step {
+	return func(pc *Context) error {
+		pc.Image = resize(pc.Image, cmd.Width, cmd.Height)
+		pc.Applied = append(pc.Applied, cmd.String())
+		return nil
+	}
+}
+
+func recolorStep(cmd Command) Step {
+	return func(pc *Context) error {
+		pc.Image = recolor(pc.Image, cmd.Bits, cmd.Gray)
+		pc.Applied = append(pc.Applied, cmd.String())
+		return nil
+	}
+}
+
+// quantTable maps an 8-bit value to the nearest of 2^bits evenly spaced
+// levels, expanded back to 0–255 (so 4 bits gives 0, 17, 34 … 255).
+func quantTable(bits int) *[256]uint8 {
+	var t [256]uint8
+	bits = min(max(bits, 1), 8)
+	levels := (1 << bits) - 1
+	for v := range 256 {
+		q := (v*levels + 127) / 255
+		t[v] = uint8((q*255 + levels/2) / levels)
+	}
+	return &t
+}
+
+// recolor reduces img to bits per channel, or to grayscale with 2^bits
+// levels. An opaque grayscale result is an *image.Gray, which JPEG encodes
+// as one component (a third of the data).
+func recolor(img image.Image, bits int, gray bool) image.Image {
+	src := asNRGBA(img)
+	t := quantTable(bits)
+	b := src.Rect
+	if gray && src.Opaque() {
+		dst := image.NewGray(b)
+		for y := 0; y < b.Dy(); y++ {
+			s := src.Pix[y*src.Stride : y*src.Stride+4*b.Dx()]
+			d := dst.Pix[y*dst.Stride : y*dst.Stride+b.Dx()]
+			for x := range d {
+				r, g, bl := uint32(s[4*x]), uint32(s[4*x+1]), uint32(s[4*x+2])
+				d[x] = t[(19595*r+38470*g+7471*bl+1<<15)>>16]
+			}
+		}
+		return dst
+	}
+	dst := image.NewNRGBA(b)
+	for y := 0; y < b.Dy(); y++ {
+		s := src.Pix[y*src.Stride : y*src.Stride+4*b.Dx()]
+		d := dst.Pix[y*dst.Stride : y*dst.Stride+4*b.Dx()]
+		for x := 0; x < len(d); x += 4 {
+			r, g, bl := s[x], s[x+1], s[x+2]
+			if gray {
+				l := uint8((19595*uint32(r) + 38470*uint32(g) + 7471*uint32(bl) + 1<<15) >> 16)
+				r, g, bl = l, l, l
+			}
+			d[x], d[x+1], d[x+2], d[x+3] = t[r], t[g], t[bl], s[x+3]
+		}
+	}
+	return dst
+}
+
+// asNRGBA returns img as an NRGBA with origin (0,0), copying only when it
+// is not one already.
+func asNRGBA(img image.Image) *image.NRGBA {
+	if n, ok := img.(*image.NRGBA); ok && n.Rect.Min == (image.Point{}) {
+		return n
+	}
+	return imaging.Clone(img)
+}
+
+func encodeStep(cmd Command) Step {
+	return func(pc *Context) error {
+		data, err := encode(pc.Codec, pc.Image, cmd.Quality)
+		if err != nil {
+			return fmt.Errorf("adapters: encode %s: %w", pc.Codec.MediaType, err)
+		}
+		pc.Data, pc.Quality = data, qualityOf(pc.Codec, cmd.Quality)
+		pc.BudgetMet = pc.Constraints.ByteBudget <= 0 || int64(len(data)) <= pc.Constraints.ByteBudget
+		pc.Applied = append(pc.Applied, cmd.String())
+		return nil
+	}
+}
+
+func qualityOf(k *Codec, q int) int {
+	if k.SupportsQuality {
+		return q
+	}
+	return 0
+}
+
+// reencodeStep encodes to the byte budget. With a quality-capable codec it
+// tries DefaultQuality, then MinQuality, then binary-searches between them
+// for the highest quality that fits (about 8 encodes at most). When even
+// the lowest quality misses (or the codec has no quality) and "resize" is
+// allowed, the image is shrunk by the square root of the size ratio and
+// the search repeats, up to MaxShrinks times. Otherwise the smallest
+// encoding is kept as best effort with BudgetMet false.
+func reencodeStep(cmd Command) Step {
+	return func(pc *Context) error {
+		budget := cmd.Budget
+		k := pc.Codec
+		var best []byte
+		bestQ := 0
+		try := func(q int) ([]byte, error) {
+			data, err := encode(k, pc.Image, q)
+			if err != nil {
+				return nil, fmt.Errorf("adapters: encode %s: %w", k.MediaType, err)
+			}
+			if best == nil || len(data) < len(best) {
+				best, bestQ = data, q
+			}
+			return data, nil
+		}
+		for shrink := 0; ; shrink++ {
+			data, q, err := fitQuality(k, pc.Config, cmd.Quality, budget, try)
+			if err != nil {
+				return err
+			}
+			if data != nil {
+				pc.Data, pc.Quality, pc.BudgetMet = data, qualityOf(k, q), true
+				pc.Applied = append(pc.Applied, fmt.Sprintf("%s,q=%d", cmd.String(), q))
+				return nil
+			}
+			b := pc.Image.Bounds()
+			if shrink >= pc.Config.MaxShrinks || !pc.Constraints.Allows(CmdResize) || b.Dx() <= 1 && b.Dy() <= 1 {
+				break
+			}
+			// Encoded size grows roughly with pixel count.
+			f := min(0.9, max(0.25, 0.9*math.Sqrt(float64(budget)/float64(len(best)))))
+			w, h := max(1, int(float64(b.Dx())*f)), max(1, int(float64(b.Dy())*f))
+			pc.Image = resize(pc.Image, w, h)
+			best = nil
+			pc.Applied = append(pc.Applied, fmt.Sprintf("shrink(%dx%d)", w, h))
+		}
+		pc.Data, pc.Quality, pc.BudgetMet = best, qualityOf(k, bestQ), false
+		pc.Applied = append(pc.Applied, fmt.Sprintf("%s,q=%d,best-effort", cmd.String(), bestQ))
+		return nil
+	}
+}
+
+// fitQuality returns the highest-quality encoding within budget, or nil
+// data when none fits.
+func fitQuality(k *Codec, cfg Config, start int, budget int64, try func(int) ([]byte, error)) ([]byte, int, error) {
+	fits := func(d []byte) bool { return int64(len(d)) <= budget }
+	data, err := try(start)
+	if err != nil || fits(data) || !k.SupportsQuality {
+		if err == nil && !fits(data) {
+			data = nil
+		}
+		return data, start, err
+	}
+	lo, hi := cfg.MinQuality, start-1
+	low, err := try(lo)
+	if err != nil || !fits(low) {
+		return nil, 0, err
+	}
+	bestData, bestQ := low, lo
+	lo++
+	for lo <= hi {
+		mid := (lo + hi) / 2
+		d, err := try(mid)
+		if err != nil {
+			return nil, 0, err
+		}
+		if fits(d) {
+			bestData, bestQ, lo = d, mid, mid+1
+		} else {
+			hi = mid - 1
+		}
+	}
+	return bestData, bestQ, nil
+}
+
+func geometryStep(cmd Command) Step {
+	return func(pc *Context) error {
+		doc, err := ParseGeometry(pc.Src, pc.Config.MaxWindows)
+		if err != nil {
+			return err
+		}
+		doc.Fit(cmd.Width, cmd.Height)
+		data, err := doc.Marshal()
+		if err != nil {
+			return fmt.Errorf("adapters: marshal geometry: %w", err)
+		}
+		pc.Geometry, pc.Data, pc.BudgetMet = doc, data, true
+		if b := pc.Constraints.ByteBudget; b > 0 {
+			pc.BudgetMet = int64(len(data)) <= b
+		}
+		pc.Applied = append(pc.Applied, cmd.String())
+		return nil
+	}
+}
