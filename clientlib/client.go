@@ -34,6 +34,11 @@ type Config struct {
 	Roots *x509.CertPool
 	// MaxObjectBytes bounds the body of one Get (0: 256 MiB).
 	MaxObjectBytes int64
+	// Profiles are XML profile documents (device, network, user,
+	// application; see package profiles) given to the MWS at login: it
+	// adapts every object for this device accordingly, on Get and when a
+	// session is handed to it. None: objects arrive unchanged.
+	Profiles [][]byte
 	// Log receives the library's logs (nil discards).
 	Log *slog.Logger
 }
@@ -101,7 +106,7 @@ func (bearer) RequireTransportSecurity() bool { return true }
 
 // Login authenticates user with password on this device.
 func (c *Client) Login(ctx context.Context, user, password string) error {
-	r, err := c.api.Login(ctx, &mwsv1.LoginRequest{User: user, Password: password})
+	r, err := c.api.Login(ctx, &mwsv1.LoginRequest{User: user, Password: password, Profiles: c.cfg.Profiles})
 	if err != nil {
 		return err
 	}

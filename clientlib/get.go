@@ -24,6 +24,14 @@ type Object struct {
 	// refers to the object by it. Empty when the MWS keeps no copy.
 	Digest string
 	Cache  CacheOutcome
+	// Adapted reports that Body is a variant the MWS made for this device
+	// from the original (of OriginalContentType and OriginalSize); Digest
+	// still names the original. BudgetMet is false when the device's byte
+	// budget could not be met.
+	Adapted             bool
+	OriginalContentType string
+	OriginalSize        int64
+	BudgetMet           bool
 }
 
 // GetOption adjusts a Get.
@@ -89,5 +97,6 @@ func (s *Session) Get(ctx context.Context, backend, path string, opts ...GetOpti
 	for k, v := range meta.Headers {
 		h.Set(k, v)
 	}
-	return &Object{Body: body.Bytes(), Status: int(meta.Status), ContentType: meta.ContentType, Header: h, Digest: meta.Digest, Cache: meta.Cache}, nil
+	return &Object{Body: body.Bytes(), Status: int(meta.Status), ContentType: meta.ContentType, Header: h, Digest: meta.Digest, Cache: meta.Cache,
+		Adapted: meta.Adapted, OriginalContentType: meta.OriginalContentType, OriginalSize: meta.OriginalSize, BudgetMet: meta.BudgetMet}, nil
 }

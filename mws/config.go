@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/imashproject/imash/adapters"
 	"github.com/imashproject/imash/mws/objcache"
 )
 
@@ -70,9 +71,19 @@ type Config struct {
 	// Policy says which sessions may move to which device classes (nil:
 	// every move is allowed).
 	Policy *Policy
-	// Adapter adapts server objects for a handoff's target (nil:
-	// IdentityAdapter).
+	// Adapter adapts server objects for a handoff's target. Nil: the
+	// content adaptation pipeline (ContentAdapter) for devices that gave
+	// profiles at login, objects unchanged for the others.
 	Adapter Adapter
+	// ContentAdapter is the adaptation pipeline Get and handoffs use (nil:
+	// adapters with their defaults; set Config.NoAdaptation to turn it off).
+	ContentAdapter *adapters.Adapter
+	// NoAdaptation delivers every object unchanged.
+	NoAdaptation bool
+	// VariantCacheBytes bounds the cache of adapted variants.
+	VariantCacheBytes int64
+	// MaxProfiles bounds the profile documents a device gives at login.
+	MaxProfiles int
 	// ConsentTimeout bounds the wait for an online target's consent;
 	// ParkExpiry how long a handoff to an offline device stays parked.
 	ConsentTimeout time.Duration
@@ -114,6 +125,8 @@ func NewDefaultConfig() Config {
 		MaxSavepointElements: 1024,
 		MaxSavepointBytes:    16 << 20,
 		MaxElementBytes:      3 << 20,
+		VariantCacheBytes:    128 << 20,
+		MaxProfiles:          8,
 	}
 }
 
@@ -151,7 +164,7 @@ func (c Config) Validate() error {
 		{"MaxHeaders", c.MaxHeaders}, {"MaxHeaderBytes", c.MaxHeaderBytes}, {"MaxLabels", c.MaxLabels},
 		{"MaxLabelBytes", c.MaxLabelBytes}, {"MaxAppBytes", c.MaxAppBytes}, {"GetChunk", c.GetChunk},
 		{"HTTPIdleConns", c.HTTPIdleConns}, {"HTTPMaxConns", c.HTTPMaxConns}, {"MaxSavepointElements", c.MaxSavepointElements},
-		{"MaxSavepointBytes", c.MaxSavepointBytes}, {"MaxElementBytes", c.MaxElementBytes},
+		{"MaxSavepointBytes", c.MaxSavepointBytes}, {"MaxElementBytes", c.MaxElementBytes}, {"MaxProfiles", c.MaxProfiles},
 	}
 	for _, p := range positive {
 		if p.v < 1 {
@@ -163,6 +176,9 @@ func (c Config) Validate() error {
 	}
 	if c.CredentialTTL <= 0 {
 		errs = append(errs, fmt.Errorf("CredentialTTL %v: want > 0", c.CredentialTTL))
+	}
+	if !c.NoAdaptation && c.VariantCacheBytes < 1 {
+		errs = append(errs, fmt.Errorf("VariantCacheBytes %d: want at least 1", c.VariantCacheBytes))
 	}
 	if c.MaxElementBytes > 3<<20 {
 		errs = append(errs, fmt.Errorf("MaxElementBytes %d: want at most 3 MiB (one gRPC message)", c.MaxElementBytes))

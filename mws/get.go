@@ -46,14 +46,33 @@ func (d *deviceService) Get(req *mwsv1.GetRequest, out mwsv1.Device_GetServer) e
 		meta.Headers[k] = strings.Join(vs, ", ")
 	}
 	meta.ContentType = res.Header.Get("Content-Type")
+	body := []byte(nil)
 	switch {
 	case res.Object != nil:
+		body = res.Object.Body
 		meta.Size = res.Object.Size
 		if res.Stored {
 			meta.Digest = res.Object.Digest
 			ss.addObject(res.Object.Digest)
 		}
 		meta.Cache = outcome(res.Outcome, res.Stored)
+		meta.BudgetMet = true
+		if res.StatusCode == 200 {
+			v, ok, err := s.adaptFor(ctx, res.Object, p.device)
+			if err != nil {
+				return err
+			}
+			if ok && v.Adapted {
+				meta.Adapted, meta.OriginalContentType, meta.OriginalSize = true, meta.ContentType, meta.Size
+				body, meta.ContentType, meta.Size = v.Data, v.ContentType, int64(len(v.Data))
+				meta.Headers["Content-Type"] = v.ContentType
+				delete(meta.Headers, "Content-Length")
+				delete(meta.Headers, "Etag")
+			}
+			if ok {
+				meta.BudgetMet = v.BudgetMet
+			}
+		}
 	default:
 		meta.Size = -1
 		meta.Cache = mwsv1.CacheOutcome_CACHE_OUTCOME_UNCACHED
@@ -66,7 +85,6 @@ func (d *deviceService) Get(req *mwsv1.GetRequest, out mwsv1.Device_GetServer) e
 		return err
 	}
 	if res.Object != nil {
-		body := res.Object.Body
 		for len(body) > 0 {
 			n := min(len(body), s.cfg.GetChunk)
 			if err := out.Send(&mwsv1.GetResponse{Msg: &mwsv1.GetResponse_Chunk{Chunk: body[:n]}}); err != nil {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/imashproject/imash/adapters"
 	"github.com/imashproject/imash/internal/grpcbuf"
 	"github.com/imashproject/imash/internal/pki"
 	"github.com/imashproject/imash/internal/rpcerr"
@@ -38,6 +39,8 @@ type Server struct {
 	events    *eventHub
 	registry  *registry
 	handoffs  *handoffTable
+	profiles  deviceProfiles
+	variants  *variantCache // nil with NoAdaptation
 	http      map[string]bool
 }
 
@@ -63,8 +66,21 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		handoffs: newHandoffTable(cfg.ConsentTimeout),
 		http:     map[string]bool{},
 	}
+	if !cfg.NoAdaptation {
+		a := cfg.ContentAdapter
+		if a == nil {
+			if a, err = adapters.New(adapters.NewDefaultConfig(), nil, nil); err != nil {
+				mc.Close()
+				return nil, err
+			}
+		}
+		if s.variants, err = newVariantCache(a, cfg.VariantCacheBytes); err != nil {
+			mc.Close()
+			return nil, err
+		}
+	}
 	if s.cfg.Adapter == nil {
-		s.cfg.Adapter = IdentityAdapter{}
+		s.cfg.Adapter = contentAdapter{s}
 	}
 	s.registry.onOnline = s.deviceOnline
 	for _, b := range cfg.HTTPBackends {
@@ -135,6 +151,9 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	s.transport.CloseIdleConnections()
 	s.cache.Close()
+	if s.variants != nil {
+		s.variants.close()
+	}
 	return s.mux.Close()
 }
 
@@ -165,6 +184,15 @@ func (d *deviceService) Login(ctx context.Context, req *mwsv1.LoginRequest) (*mw
 	if err := d.s.cfg.Users.Verify(req.GetUser(), req.GetPassword()); err != nil {
 		d.s.log.Warn("login refused", "user", req.GetUser(), "device", id.Name)
 		return nil, rpcerr.New(codes.Unauthenticated, "BAD_CREDENTIALS", "wrong user name or password")
+	}
+	if len(req.GetProfiles()) > 0 {
+		c, err := mergeLoginProfiles(req.GetProfiles(), d.s.cfg.MaxProfiles)
+		if err != nil {
+			return nil, err
+		}
+		d.s.profiles.set(id.Name, c)
+		d.s.log.Info("device profile", "device", id.Name, "max_width", c.MaxWidth, "max_height", c.MaxHeight,
+			"color_depth", c.ColorDepth, "byte_budget", c.ByteBudget, "formats", c.Formats)
 	}
 	tok, exp := d.s.creds.issue(req.GetUser(), id.Name)
 	d.s.registry.seen(req.GetUser(), id.Name)

@@ -94,9 +94,14 @@ func (CacheOutcome) EnumDescriptor() ([]byte, []int) {
 }
 
 type LoginRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	Password      string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	User     string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// XML profiles describing this device, its network, the user's
+	// preferences and the application (see package profiles). The MWS merges
+	// them into the constraints that every object for this device is adapted
+	// to, on Get and when a session is handed to it. None: no adaptation.
+	Profiles      [][]byte `protobuf:"bytes,3,rep,name=profiles,proto3" json:"profiles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -143,6 +148,13 @@ func (x *LoginRequest) GetPassword() string {
 		return x.Password
 	}
 	return ""
+}
+
+func (x *LoginRequest) GetProfiles() [][]byte {
+	if x != nil {
+		return x.Profiles
+	}
+	return nil
 }
 
 type LoginResponse struct {
@@ -866,9 +878,16 @@ type ObjectMeta struct {
 	// Body size in bytes; -1 when not known in advance (streamed).
 	Size int64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
 	// "sha256:<hex>" of the body the MWS keeps; empty when not kept.
-	Digest        string            `protobuf:"bytes,4,opt,name=digest,proto3" json:"digest,omitempty"`
-	Cache         CacheOutcome      `protobuf:"varint,5,opt,name=cache,proto3,enum=imash.mws.v1.CacheOutcome" json:"cache,omitempty"`
-	Headers       map[string]string `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Digest  string            `protobuf:"bytes,4,opt,name=digest,proto3" json:"digest,omitempty"`
+	Cache   CacheOutcome      `protobuf:"varint,5,opt,name=cache,proto3,enum=imash.mws.v1.CacheOutcome" json:"cache,omitempty"`
+	Headers map[string]string `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The body is a variant adapted for this device from the original (whose
+	// digest is digest); the original's type and size follow.
+	Adapted             bool   `protobuf:"varint,7,opt,name=adapted,proto3" json:"adapted,omitempty"`
+	OriginalContentType string `protobuf:"bytes,8,opt,name=original_content_type,json=originalContentType,proto3" json:"original_content_type,omitempty"`
+	OriginalSize        int64  `protobuf:"varint,9,opt,name=original_size,json=originalSize,proto3" json:"original_size,omitempty"`
+	// False when the byte budget could not be met (best effort).
+	BudgetMet     bool `protobuf:"varint,10,opt,name=budget_met,json=budgetMet,proto3" json:"budget_met,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -943,6 +962,34 @@ func (x *ObjectMeta) GetHeaders() map[string]string {
 		return x.Headers
 	}
 	return nil
+}
+
+func (x *ObjectMeta) GetAdapted() bool {
+	if x != nil {
+		return x.Adapted
+	}
+	return false
+}
+
+func (x *ObjectMeta) GetOriginalContentType() string {
+	if x != nil {
+		return x.OriginalContentType
+	}
+	return ""
+}
+
+func (x *ObjectMeta) GetOriginalSize() int64 {
+	if x != nil {
+		return x.OriginalSize
+	}
+	return 0
+}
+
+func (x *ObjectMeta) GetBudgetMet() bool {
+	if x != nil {
+		return x.BudgetMet
+	}
+	return false
 }
 
 type GetResponse struct {
@@ -1963,10 +2010,11 @@ var File_imash_mws_v1_device_proto protoreflect.FileDescriptor
 
 const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x19imash/mws/v1/device.proto\x12\fimash.mws.v1\x1a\x1aimash/mws/v1/handoff.proto\">\n" +
+	"\x19imash/mws/v1/device.proto\x12\fimash.mws.v1\x1a\x1aimash/mws/v1/handoff.proto\"Z\n" +
 	"\fLoginRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"\x85\x01\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x1a\n" +
+	"\bprofiles\x18\x03 \x03(\fR\bprofiles\"\x85\x01\n" +
 	"\rLoginResponse\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\tR\n" +
@@ -2016,7 +2064,7 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\aheaders\x18\x04 \x03(\v2%.imash.mws.v1.GetRequest.HeadersEntryR\aheaders\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x03\n" +
 	"\n" +
 	"ObjectMeta\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\x05R\x06status\x12!\n" +
@@ -2024,7 +2072,13 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x16\n" +
 	"\x06digest\x18\x04 \x01(\tR\x06digest\x120\n" +
 	"\x05cache\x18\x05 \x01(\x0e2\x1a.imash.mws.v1.CacheOutcomeR\x05cache\x12?\n" +
-	"\aheaders\x18\x06 \x03(\v2%.imash.mws.v1.ObjectMeta.HeadersEntryR\aheaders\x1a:\n" +
+	"\aheaders\x18\x06 \x03(\v2%.imash.mws.v1.ObjectMeta.HeadersEntryR\aheaders\x12\x18\n" +
+	"\aadapted\x18\a \x01(\bR\aadapted\x122\n" +
+	"\x15original_content_type\x18\b \x01(\tR\x13originalContentType\x12#\n" +
+	"\roriginal_size\x18\t \x01(\x03R\foriginalSize\x12\x1d\n" +
+	"\n" +
+	"budget_met\x18\n" +
+	" \x01(\bR\tbudgetMet\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\\\n" +
