@@ -58,7 +58,7 @@ func (d *deviceService) Get(req *mwsv1.GetRequest, out mwsv1.Device_GetServer) e
 		meta.Cache = outcome(res.Outcome, res.Stored)
 		meta.BudgetMet = true
 		if res.StatusCode == 200 {
-			v, ok, err := s.adaptFor(ctx, res.Object, p.device)
+			v, ok, err := s.adaptFor(ctx, res.Object, p.device, hreq.Header)
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"slices"
 	"strings"
 	"sync"
 
@@ -135,15 +137,49 @@ func (v *variantCache) adapt(ctx context.Context, obj *objcache.Object, c profil
 	return f.res, f.err
 }
 
-// adaptFor returns the variant of obj for device: obj itself when the
-// device gave no profiles or adaptation is off.
-func (s *Server) adaptFor(ctx context.Context, obj *objcache.Object, device string) (*adapters.Result, bool, error) {
+// clientHints are the request headers that describe a device or its
+// network (HTTP Client Hints). Accept alone is not one: every browser sends
+// it.
+var clientHints = []string{"Viewport-Width", "Sec-CH-Viewport-Width", "Viewport-Height", "Sec-CH-Viewport-Height",
+	"DPR", "Sec-CH-DPR", "Width", "Sec-CH-Width", "Downlink", "RTT", "ECT", "Save-Data"}
+
+// constraintsFor returns the constraints to adapt for: the device's
+// profiles from its login, else the request's Client Hints (a browser
+// behind the black-box proxy), else none.
+func (s *Server) constraintsFor(device string, h http.Header) (profiles.Constraints, bool, error) {
+	if c, ok := s.profiles.get(device); ok {
+		return c, true, nil
+	}
+	if !slices.ContainsFunc(clientHints, func(k string) bool { return h.Get(k) != "" }) {
+		return profiles.Constraints{}, false, nil
+	}
+	dev, net, err := profiles.FromClientHints(h)
+	if err != nil {
+		return profiles.Constraints{}, false, rpcerr.New(codes.InvalidArgument, "BAD_CLIENT_HINTS", "%v", err)
+	}
+	ps := []*profiles.Profile{profiles.DefaultUser(), profiles.DefaultApplication()}
+	for _, p := range []*profiles.Profile{dev, net} {
+		if p != nil { // absent when no hint speaks of it
+			ps = append(ps, p)
+		}
+	}
+	c, err := profiles.Merge(ps...)
+	if err != nil {
+		return profiles.Constraints{}, false, rpcerr.New(codes.InvalidArgument, "BAD_CLIENT_HINTS", "%v", err)
+	}
+	return c, true, nil
+}
+
+// adaptFor returns the variant of obj for device (with the request headers
+// h, which may carry Client Hints): ok is false when there is nothing to
+// adapt for, or adaptation is off.
+func (s *Server) adaptFor(ctx context.Context, obj *objcache.Object, device string, h http.Header) (*adapters.Result, bool, error) {
 	if s.variants == nil {
 		return nil, false, nil
 	}
-	c, ok := s.profiles.get(device)
-	if !ok {
-		return nil, false, nil
+	c, ok, err := s.constraintsFor(device, h)
+	if err != nil || !ok {
+		return nil, false, err
 	}
 	r, err := s.variants.adapt(ctx, obj, c)
 	if err != nil {
@@ -161,7 +197,7 @@ func (c contentAdapter) Adaptable(contentType string) bool {
 }
 
 func (c contentAdapter) Adapt(ctx context.Context, obj *objcache.Object, device string) ([]byte, string, bool, error) {
-	r, ok, err := c.s.adaptFor(ctx, obj, device)
+	r, ok, err := c.s.adaptFor(ctx, obj, device, nil)
 	if err != nil {
 		return nil, "", false, err
 	}

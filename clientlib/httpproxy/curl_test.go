@@ -2,6 +2,8 @@ package httpproxy_test
 
 import (
 	"bytes"
+	"image"
+	_ "image/jpeg"
 	"net/http"
 	"os"
 	"os/exec"
@@ -10,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/imashproject/imash/clientlib/httpproxy"
+	"github.com/imashproject/imash/testbed/legacy"
 )
 
 // TestCurlThroughProxy runs the real curl, an unmodified program, through
@@ -76,4 +79,43 @@ func withoutProxyEnv(env []string) []string {
 		out = append(out, kv)
 	}
 	return out
+}
+
+// TestCurlClientHints: a client announcing a small viewport with HTTP
+// Client Hints gets an image adapted to it, made from the cached original.
+func TestCurlClientHints(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed (apt-get install curl); this test runs the real curl binary through the proxy")
+	}
+	e := newEnv(t, httpproxy.Options{})
+	var img *legacy.Image
+	for _, im := range e.set.Images() {
+		if im.Width > 240 && (img == nil || im.Width > img.Width) {
+			img = im
+		}
+	}
+	if img == nil {
+		t.Skip("no image wider than 240 pixels in the generated set")
+	}
+	out := filepath.Join(t.TempDir(), "small.jpg")
+	cmd := exec.CommandContext(t.Context(), curl, "--silent", "--show-error", "--fail-with-body", "--max-time", "60", "-o", out,
+		"-x", e.proxy.URL, "-H", "Sec-CH-Viewport-Width: 240", "-H", "Sec-CH-DPR: 1", "-H", "Accept: image/jpeg",
+		"http://images/images/"+img.Name)
+	cmd.Env = withoutProxyEnv(os.Environ())
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b, _ := os.ReadFile(out)
+		t.Fatalf("curl: %v: %s %s", err, msg, b)
+	}
+	body, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, format, err := image.DecodeConfig(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("the adapted image does not decode: %v", err)
+	}
+	if format != "jpeg" || cfg.Width > 240 || cfg.Width*img.Height/img.Width-cfg.Height > 1 {
+		t.Fatalf("got a %s of %dx%d for a %dx%d original and a 240-pixel viewport", format, cfg.Width, cfg.Height, img.Width, img.Height)
+	}
 }
