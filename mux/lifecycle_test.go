@@ -233,8 +233,9 @@ func TestHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { echo.Close() })
-	e := newEnv(t, []mux.Backend{{Name: "stream", Addr: ls.Addr()}, {Name: "echo", Addr: echo.Addr()}},
-		func(c *mux.Config) { c.OrphanTimeout = 300 * time.Millisecond })
+	e := newEnv(t, []mux.Backend{{Name: "stream", Addr: ls.Addr()}, {Name: "echo", Addr: echo.Addr()}}, nil)
+	// The orphan timeout gets its own mux: the other cases must not race it.
+	eo := newEnv(t, []mux.Backend{{Name: "stream", Addr: ls.Addr()}}, func(c *mux.Config) { c.OrphanTimeout = 300 * time.Millisecond })
 	ctx := testCtx(t)
 	a := e.mws("mws-a")
 
@@ -326,6 +327,7 @@ func TestHalfClose(t *testing.T) {
 	})
 
 	t.Run("orphan expires", func(t *testing.T) {
+		a := eo.mws("mws-a")
 		before := len(ls.Conns())
 		op := open(ctx, t, a, "stream")
 		lc, err := ls.WaitConn(ctx, before)
