@@ -195,7 +195,7 @@ func (s *Server) rollBack(hs mwsv1.Device_HandoffServer, h *handoff, cause error
 	back.rollback = true
 	back.state = hoSavepointed
 	close(back.prepDone) // nothing to adapt: the source gets what it had
-	tok, _ := s.handoffs.issue(back, h.source, purposeResume, s.cfg.ResumeTimeout)
+	tok, _ := s.handoffs.issue(back, h.source, purposeResume, s.cfg.ConsentTimeout+s.cfg.ResumeTimeout)
 	_ = hs.Send(&mwsv1.HandoffServerMsg{Msg: &mwsv1.HandoffServerMsg_RolledBack{RolledBack: &mwsv1.HandoffRolledBack{Token: tok, Reason: cause.Error()}}})
 	return cause
 }
@@ -429,7 +429,7 @@ func (d *deviceService) Reclaim(ctx context.Context, req *mwsv1.ReclaimRequest) 
 	back.rollback = true
 	back.state = hoSavepointed
 	close(back.prepDone)
-	tok, _ := s.handoffs.issue(back, p.device, purposeResume, s.cfg.ResumeTimeout)
+	tok, _ := s.handoffs.issue(back, p.device, purposeResume, s.cfg.ConsentTimeout+s.cfg.ResumeTimeout)
 	s.log.Info("session reclaimed", "session", ss.id, "device", p.device)
 	return &mwsv1.ReclaimResponse{ResumeToken: tok}, nil
 }

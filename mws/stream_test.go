@@ -92,7 +92,7 @@ func TestRawStreamBothWays(t *testing.T) {
 func TestExpiredStreamFreesItsPlace(t *testing.T) {
 	e := newEnv(t, envOptions{
 		stream:  &legacy.StreamConfig{SendBytes: 1 << 20, Seed: 3},
-		tuneMux: func(c *mux.Config) { c.OrphanTimeout = 100 * time.Millisecond },
+		tuneMux: func(c *mux.Config) { c.OrphanTimeout = time.Second },
 		tuneMWS: func(c *mws.Config) { c.MaxStreamsPerSession = 1 },
 	})
 	ctx := testCtx(t)
