@@ -46,6 +46,10 @@ type Config struct {
 	// bounds one user's.
 	MaxSessions        int
 	MaxSessionsPerUser int
+	// SessionIdleTimeout ends a session no call has touched for this long
+	// (and that has no stream relayed and no handoff in progress), closing
+	// its legacy streams: devices that vanish do not hold sessions forever.
+	SessionIdleTimeout time.Duration
 	// MaxStreamsPerSession bounds a session's open raw streams.
 	MaxStreamsPerSession int
 	// MaxPathBytes bounds a Get path; MaxHeaders and MaxHeaderBytes bound
@@ -107,6 +111,7 @@ func NewDefaultConfig() Config {
 		CredentialTTL:        12 * time.Hour,
 		MaxSessions:          100000,
 		MaxSessionsPerUser:   64,
+		SessionIdleTimeout:   24 * time.Hour,
 		MaxStreamsPerSession: 16,
 		MaxPathBytes:         4096,
 		MaxHeaders:           32,
@@ -186,7 +191,7 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"ConsentTimeout", c.ConsentTimeout}, {"ParkExpiry", c.ParkExpiry}, {"SavepointTimeout", c.SavepointTimeout}, {"ResumeTimeout", c.ResumeTimeout}} {
+	}{{"ConsentTimeout", c.ConsentTimeout}, {"ParkExpiry", c.ParkExpiry}, {"SessionIdleTimeout", c.SessionIdleTimeout}, {"SavepointTimeout", c.SavepointTimeout}, {"ResumeTimeout", c.ResumeTimeout}} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v: want > 0", d.name, d.v))
 		}

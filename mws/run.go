@@ -133,6 +133,7 @@ func newServeFlagSet(cfg *Config, sf *serveFlags) *flag.FlagSet {
 	fs.Var(cliflag.Bytes(&cfg.Cache.MaxObjectBytes), "max-object-bytes", "largest object body in `bytes` that is cached; larger ones are streamed through uncached")
 	fs.Var(cliflag.Int(&cfg.Cache.MaxEntries), "cache-entries", "the cache index remembers at most `n` request keys")
 	fs.DurationVar(&cfg.CredentialTTL, "credential-ttl", cfg.CredentialTTL, "how long a login credential is valid")
+	fs.DurationVar(&cfg.SessionIdleTimeout, "session-idle-timeout", cfg.SessionIdleTimeout, "end a session no call has touched for this long (its legacy streams are closed)")
 	fs.Var(cliflag.Int(&cfg.MaxSessions), "max-sessions", "this MWS holds at most `n` sessions")
 	fs.Var(cliflag.Int(&cfg.MaxSessionsPerUser), "max-sessions-per-user", "one user holds at most `n` sessions")
 	fs.Var(cliflag.Int(&cfg.MaxStreamsPerSession), "max-streams-per-session", "a session holds at most `n` open raw streams")
@@ -307,7 +308,7 @@ var runFlagHints = []struct{ field, flag string }{
 	{"MaxStreamsPerSession", "--max-streams-per-session"}, {"MaxPathBytes", "--max-path-bytes"},
 	{"MaxHeaders", "--max-headers"}, {"MaxHeaderBytes", "--max-header-bytes"}, {"MaxLabels", "--max-labels"},
 	{"MaxLabelBytes", "--max-label-bytes"}, {"MaxAppBytes", "--max-app-bytes"}, {"GetChunk", "--get-chunk"},
-	{"HTTPIdleConns", "--http-idle-conns"}, {"HTTPMaxConns", "--http-max-conns"}, {"CredentialTTL", "--credential-ttl"}, {"HTTPTimeout", "--http-timeout"},
+	{"HTTPIdleConns", "--http-idle-conns"}, {"HTTPMaxConns", "--http-max-conns"}, {"CredentialTTL", "--credential-ttl"}, {"SessionIdleTimeout", "--session-idle-timeout"}, {"HTTPTimeout", "--http-timeout"},
 	{"MaxSavepointElements", "--max-savepoint-elements"}, {"MaxSavepointBytes", "--max-savepoint-bytes"},
 	{"MaxElementBytes", "--max-element-bytes"}, {"ConsentTimeout", "--consent-timeout"}, {"ParkExpiry", "--park-expiry"},
 	{"SavepointTimeout", "--savepoint-timeout"}, {"ResumeTimeout", "--resume-timeout"},

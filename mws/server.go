@@ -42,6 +42,9 @@ type Server struct {
 	profiles  deviceProfiles
 	variants  *variantCache // nil with NoAdaptation
 	http      map[string]bool
+
+	stopJanitor chan struct{}
+	janitorDone chan struct{}
 }
 
 // New validates cfg and builds an MWS. log may be nil.
@@ -110,6 +113,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	)
 	s.grpc = grpc.NewServer(opts...)
 	mwsv1.RegisterDeviceServer(s.grpc, &deviceService{s: s})
+	s.stopJanitor, s.janitorDone = make(chan struct{}), make(chan struct{})
+	go s.janitor()
 	return s, nil
 }
 
@@ -140,6 +145,8 @@ func (s *Server) Serve(lis net.Listener) error {
 // Close stops serving. Legacy streams of open sessions stay open at the mux
 // (for another MWS to pick up) until their orphan timeout.
 func (s *Server) Close(ctx context.Context) error {
+	close(s.stopJanitor)
+	<-s.janitorDone
 	s.events.closeAll()
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
@@ -155,6 +162,44 @@ func (s *Server) Close(ctx context.Context) error {
 		s.variants.close()
 	}
 	return s.mux.Close()
+}
+
+// janitor ends idle sessions.
+func (s *Server) janitor() {
+	defer close(s.janitorDone)
+	every := min(s.cfg.SessionIdleTimeout/4, time.Minute)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.expireIdle(time.Now().Add(-s.cfg.SessionIdleTimeout))
+		case <-s.stopJanitor:
+			return
+		}
+	}
+}
+
+// expireIdle ends the sessions idle since before cutoff and closes their
+// legacy streams at the mux.
+func (s *Server) expireIdle(cutoff time.Time) {
+	for _, ss := range s.sessions.idle(cutoff) {
+		ss.mu.Lock()
+		streams := make([]*relayState, 0, len(ss.streams))
+		for _, r := range ss.streams {
+			streams = append(streams, r)
+		}
+		ss.mu.Unlock()
+		for _, r := range streams {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := s.mux.API().Close(ctx, &muxv1.CloseRequest{StreamId: r.id, Epoch: r.epoch})
+			cancel()
+			if err != nil && rpcerr.Code(err) != codes.NotFound {
+				s.log.Warn("closing an idle session's stream", "session", ss.id, "stream", r.id, "error", err)
+			}
+		}
+		s.log.Info("idle session ended", "session", ss.id, "user", ss.user, "streams", len(streams))
+	}
 }
 
 // Stats are an MWS's counters.

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -24,6 +25,8 @@ type session struct {
 	app     string
 	labels  []string
 	created time.Time
+	// lastUsed is when a call last touched the session (Unix nanoseconds).
+	lastUsed atomic.Int64
 
 	mu      sync.Mutex
 	device  string
@@ -99,6 +102,7 @@ func (t *sessionTable) open(user, device, app string, labels []string) (*session
 		streams: map[string]*relayState{}, objects: map[string]struct{}{}, savepoint: map[string]*storedElement{},
 	}
 	key := ss.rotateKeyLocked()
+	ss.lastUsed.Store(ss.created.UnixNano())
 	t.byID[ss.id] = ss
 	t.perUser[user]++
 	return ss, key, nil
@@ -123,6 +127,7 @@ func (t *sessionTable) get(p principal, id, key string) (*session, error) {
 	if h := sha256.Sum256([]byte(key)); subtle.ConstantTimeCompare(h[:], kh[:]) != 1 {
 		return nil, rpcerr.New(codes.Unauthenticated, "BAD_SESSION_KEY", "session key missing, wrong or revoked (it rotates at every handoff)")
 	}
+	ss.lastUsed.Store(time.Now().UnixNano())
 	return ss, nil
 }
 
@@ -141,6 +146,7 @@ func (t *sessionTable) owned(p principal, id string) (*session, error) {
 	if dev != p.device {
 		return nil, rpcerr.New(codes.PermissionDenied, "SESSION_ON_OTHER_DEVICE", "session %q is on device %q", id, dev)
 	}
+	ss.lastUsed.Store(time.Now().UnixNano())
 	return ss, nil
 }
 
@@ -168,6 +174,34 @@ func (t *sessionTable) list(user string) []*session {
 		}
 	}
 	slices.SortFunc(out, func(a, b *session) int { return a.created.Compare(b.created) })
+	return out
+}
+
+// idle removes and returns the sessions untouched since before cutoff that
+// have no handoff in progress and no stream a device is relaying.
+func (t *sessionTable) idle(cutoff time.Time) []*session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []*session
+	for id, ss := range t.byID {
+		if ss.lastUsed.Load() >= cutoff.UnixNano() {
+			continue
+		}
+		ss.mu.Lock()
+		busy := ss.handoff != nil
+		for _, r := range ss.streams {
+			busy = busy || r.active
+		}
+		ss.mu.Unlock()
+		if busy {
+			continue
+		}
+		delete(t.byID, id)
+		if t.perUser[ss.user]--; t.perUser[ss.user] <= 0 {
+			delete(t.perUser, ss.user)
+		}
+		out = append(out, ss)
+	}
 	return out
 }
 
