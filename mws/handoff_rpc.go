@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -81,7 +83,7 @@ func (d *deviceService) Handoff(hs mwsv1.Device_HandoffServer) error {
 }
 
 // runHandoff drives a handoff for the source until the target resumes.
-func (s *Server) runHandoff(ctx context.Context, hs mwsv1.Device_HandoffServer, h *handoff, start *mwsv1.HandoffStart, online bool, log interface{ Info(string, ...any) }) error {
+func (s *Server) runHandoff(ctx context.Context, hs mwsv1.Device_HandoffServer, h *handoff, start *mwsv1.HandoffStart, online bool, log *slog.Logger) error {
 	ss := h.ss
 	// 1-2: offer to the target, which consents and prepares a skeleton.
 	timeout := s.cfg.ConsentTimeout
@@ -191,13 +193,21 @@ func (s *Server) rollBack(hs mwsv1.Device_HandoffServer, h *handoff, cause error
 	if !h.fail(cause) {
 		return nil // the target resumed after all
 	}
-	back := newHandoff(h.ss, h.source, h.source)
-	back.rollback = true
-	back.state = hoSavepointed
-	close(back.prepDone) // nothing to adapt: the source gets what it had
-	tok, _ := s.handoffs.issue(back, h.source, purposeResume, s.cfg.ConsentTimeout+s.cfg.ResumeTimeout)
+	tok := s.restoreToken(h.ss, h.source)
 	_ = hs.Send(&mwsv1.HandoffServerMsg{Msg: &mwsv1.HandoffServerMsg_RolledBack{RolledBack: &mwsv1.HandoffRolledBack{Token: tok, Reason: cause.Error()}}})
 	return cause
+}
+
+// restoreToken issues a resume token with which device, which holds ss,
+// takes its stored state back (after a rollback, or with Reclaim). Nothing
+// is adapted: the device gets what it had.
+func (s *Server) restoreToken(ss *session, device string) string {
+	back := newHandoff(ss, device, device)
+	back.rollback = true
+	back.state = hoSavepointed
+	close(back.prepDone)
+	tok, _ := s.handoffs.issue(back, device, purposeResume, s.cfg.ConsentTimeout+s.cfg.ResumeTimeout)
+	return tok
 }
 
 // recvSavepoint reads SavepointUpload messages until one is final.
@@ -294,7 +304,6 @@ func (d *deviceService) Resume(req *mwsv1.ResumeRequest, out mwsv1.Device_Resume
 
 func (s *Server) resume(ctx context.Context, req *mwsv1.ResumeRequest, out mwsv1.Device_ResumeServer, h *handoff, p principal) error {
 	ss := h.ss
-	// The summary may still be on its way to the source's MWS loop.
 	if h.rollback {
 		ss.mu.Lock()
 		dev := ss.device
@@ -334,15 +343,7 @@ func (s *Server) resume(ctx context.Context, req *mwsv1.ResumeRequest, out mwsv1
 	}
 	app, labels := ss.app, slices.Clone(ss.labels)
 	ss.mu.Unlock()
-	slices.SortFunc(els, func(a, b *storedElement) int {
-		if a.name < b.name {
-			return -1
-		}
-		if a.name > b.name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(els, func(a, b *storedElement) int { return strings.Compare(a.name, b.name) })
 
 	tDel := time.Now()
 	for _, e := range els {
@@ -425,11 +426,7 @@ func (d *deviceService) Reclaim(ctx context.Context, req *mwsv1.ReclaimRequest) 
 	if busy {
 		return nil, rpcerr.New(codes.FailedPrecondition, "HANDOFF_IN_PROGRESS", "session %s is being handed off", ss.id)
 	}
-	back := newHandoff(ss, p.device, p.device)
-	back.rollback = true
-	back.state = hoSavepointed
-	close(back.prepDone)
-	tok, _ := s.handoffs.issue(back, p.device, purposeResume, s.cfg.ConsentTimeout+s.cfg.ResumeTimeout)
+	tok := s.restoreToken(ss, p.device)
 	s.log.Info("session reclaimed", "session", ss.id, "device", p.device)
 	return &mwsv1.ReclaimResponse{ResumeToken: tok}, nil
 }

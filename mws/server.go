@@ -184,22 +184,24 @@ func (s *Server) janitor() {
 // legacy streams at the mux.
 func (s *Server) expireIdle(cutoff time.Time) {
 	for _, ss := range s.sessions.idle(cutoff) {
-		ss.mu.Lock()
-		streams := make([]*relayState, 0, len(ss.streams))
-		for _, r := range ss.streams {
-			streams = append(streams, r)
-		}
-		ss.mu.Unlock()
-		for _, r := range streams {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := s.mux.API().Close(ctx, &muxv1.CloseRequest{StreamId: r.id, Epoch: r.epoch})
-			cancel()
-			if err != nil && rpcerr.Code(err) != codes.NotFound {
-				s.log.Warn("closing an idle session's stream", "session", ss.id, "stream", r.id, "error", err)
-			}
-		}
-		s.log.Info("idle session ended", "session", ss.id, "user", ss.user, "streams", len(streams))
+		n := s.closeStreams(context.Background(), ss)
+		s.log.Info("idle session ended", "session", ss.id, "user", ss.user, "streams", n)
 	}
+}
+
+// closeStreams closes a removed session's legacy streams at the mux and
+// returns how many it had.
+func (s *Server) closeStreams(ctx context.Context, ss *session) int {
+	streams := ss.streamsSnapshot()
+	for _, r := range streams {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.mux.API().Close(cctx, &muxv1.CloseRequest{StreamId: r.id, Epoch: r.epoch})
+		cancel()
+		if err != nil && rpcerr.Code(err) != codes.NotFound {
+			s.log.Warn("closing a session's stream", "session", ss.id, "stream", r.id, "error", err)
+		}
+	}
+	return len(streams)
 }
 
 // Stats are an MWS's counters.
@@ -285,18 +287,7 @@ func (d *deviceService) CloseSession(ctx context.Context, req *mwsv1.CloseSessio
 	if ss == nil {
 		return &mwsv1.CloseSessionResponse{}, nil
 	}
-	ss.mu.Lock()
-	streams := make([]*relayState, 0, len(ss.streams))
-	for _, r := range ss.streams {
-		streams = append(streams, r)
-	}
-	ss.mu.Unlock()
-	for _, r := range streams {
-		_, err := d.s.mux.API().Close(ctx, &muxv1.CloseRequest{StreamId: r.id, Epoch: r.epoch})
-		if err != nil && rpcerr.Code(err) != codes.NotFound {
-			d.s.log.Warn("closing session stream", "session", ss.id, "stream", r.id, "error", err)
-		}
-	}
+	d.s.closeStreams(ctx, ss)
 	d.s.log.Info("session closed", "session", ss.id, "user", p.user)
 	return &mwsv1.CloseSessionResponse{}, nil
 }

@@ -112,27 +112,22 @@ func (t *sessionTable) open(user, device, app string, labels []string) (*session
 // session of another user is reported as not found, so ids cannot be
 // probed.
 func (t *sessionTable) get(p principal, id, key string) (*session, error) {
-	t.mu.Lock()
-	ss := t.byID[id]
-	t.mu.Unlock()
-	if ss == nil || ss.user != p.user {
-		return nil, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "no session %q for user %q", id, p.user)
+	ss, err := t.owned(p, id)
+	if err != nil {
+		return nil, err
 	}
 	ss.mu.Lock()
-	dev, kh := ss.device, ss.keyHash
+	kh := ss.keyHash
 	ss.mu.Unlock()
-	if dev != p.device {
-		return nil, rpcerr.New(codes.PermissionDenied, "SESSION_ON_OTHER_DEVICE", "session %q is on device %q", id, dev)
-	}
 	if h := sha256.Sum256([]byte(key)); subtle.ConstantTimeCompare(h[:], kh[:]) != 1 {
 		return nil, rpcerr.New(codes.Unauthenticated, "BAD_SESSION_KEY", "session key missing, wrong or revoked (it rotates at every handoff)")
 	}
-	ss.lastUsed.Store(time.Now().UnixNano())
 	return ss, nil
 }
 
 // owned returns the session if it belongs to the principal's user and is
-// bound to the principal's device, without asking for its key.
+// bound to the principal's device, without asking for its key; it counts
+// as a use of the session.
 func (t *sessionTable) owned(p principal, id string) (*session, error) {
 	t.mu.Lock()
 	ss := t.byID[id]
@@ -150,6 +145,17 @@ func (t *sessionTable) owned(p principal, id string) (*session, error) {
 	return ss, nil
 }
 
+// streamsSnapshot returns the session's streams.
+func (ss *session) streamsSnapshot() []*relayState {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]*relayState, 0, len(ss.streams))
+	for _, r := range ss.streams {
+		out = append(out, r)
+	}
+	return out
+}
+
 func (t *sessionTable) remove(id string) *session {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -157,11 +163,16 @@ func (t *sessionTable) remove(id string) *session {
 	if ss == nil {
 		return nil
 	}
-	delete(t.byID, id)
+	t.dropLocked(ss)
+	return ss
+}
+
+// dropLocked forgets ss and frees its place in its user's count.
+func (t *sessionTable) dropLocked(ss *session) {
+	delete(t.byID, ss.id)
 	if t.perUser[ss.user]--; t.perUser[ss.user] <= 0 {
 		delete(t.perUser, ss.user)
 	}
-	return ss
 }
 
 func (t *sessionTable) list(user string) []*session {
@@ -183,7 +194,7 @@ func (t *sessionTable) idle(cutoff time.Time) []*session {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []*session
-	for id, ss := range t.byID {
+	for _, ss := range t.byID {
 		if ss.lastUsed.Load() >= cutoff.UnixNano() {
 			continue
 		}
@@ -196,10 +207,7 @@ func (t *sessionTable) idle(cutoff time.Time) []*session {
 		if busy {
 			continue
 		}
-		delete(t.byID, id)
-		if t.perUser[ss.user]--; t.perUser[ss.user] <= 0 {
-			delete(t.perUser, ss.user)
-		}
+		t.dropLocked(ss)
 		out = append(out, ss)
 	}
 	return out
