@@ -45,13 +45,13 @@ func TestCASHRollbackAfterSavepoint(t *testing.T) {
 	sess.SetSavepointProvider(func(context.Context) ([]clientlib.Element, error) {
 		return []clientlib.Element{{Name: "notes", Kind: clientlib.AppObject, Data: []byte("keep me")}}, nil
 	})
-	_, err = sess.Handoff(ctx, "car")
-	if !errors.Is(err, clientlib.ErrRolledBack) || sess.Restored == nil {
+	res, err := sess.Handoff(ctx, "car")
+	if !errors.Is(err, clientlib.ErrRolledBack) || res == nil || res.Restored == nil {
 		t.Fatalf("got %v, want a rollback with the state restored", err)
 	}
 	var stream clientlib.DeliveredElement
 	notes := ""
-	for _, el := range sess.Restored.Elements {
+	for _, el := range res.Restored.Elements {
 		switch el.Kind {
 		case clientlib.StreamState:
 			stream = el
@@ -60,13 +60,13 @@ func TestCASHRollbackAfterSavepoint(t *testing.T) {
 		}
 	}
 	if notes != "keep me" || stream.StreamOffset != 100000 {
-		t.Fatalf("restored %+v", sess.Restored.Elements)
+		t.Fatalf("restored %+v", res.Restored.Elements)
 	}
 	// The source works on: its session and its stream.
 	if _, err := sess.Get(ctx, "images", "/images/"+e.set.Images()[0].Name); err != nil {
 		t.Fatalf("Get after rollback: %v", err)
 	}
-	c2, err := sess.Restored.Conn(ctx, stream)
+	c2, err := res.Restored.Conn(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -255,10 +255,6 @@ type Session struct {
 	conns     map[*Conn]struct{}
 	provider  SavepointFunc
 	handedOff bool
-
-	// Restored is the state taken back from the MWS after a handoff that
-	// was rolled back (set when Handoff returns ErrRolledBack).
-	Restored *Resumed
 }
 
 func (s *Session) track(c *Conn) {

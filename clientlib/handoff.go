@@ -82,13 +82,17 @@ type HandoffResult struct {
 	Timings Timings
 	// Parked reports that the target was offline when asked.
 	Parked bool
+	// Restored is the state taken back from the MWS when the handoff was
+	// rolled back after the savepoint was stored (the error then wraps
+	// ErrRolledBack); the session is this device's again.
+	Restored *Resumed
 }
 
 // Handoff moves this session to the user's device named target (CASH).
 // On success the session belongs to the target and this Session (and its
 // Conns) no longer work. On failure before the savepoint was stored the
 // session is untouched; after it, the library takes the state back from the
-// MWS (Restored holds it) and the error wraps ErrRolledBack.
+// MWS (the result's Restored holds it) and the error wraps ErrRolledBack.
 func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOption) (*HandoffResult, error) {
 	var o handoffOptions
 	for _, f := range opts {
@@ -161,8 +165,8 @@ func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOpt
 			s.mu.Lock()
 			s.key, s.handedOff = r.Session.key, false
 			s.mu.Unlock()
-			s.Restored = r
-			return nil, fmt.Errorf("%w: %v", ErrRolledBack, cause)
+			res.Restored = r
+			return res, fmt.Errorf("%w: %v", ErrRolledBack, cause)
 		}
 	}
 }
