@@ -420,7 +420,7 @@ func (s *stream) next(a *attachment, msgs []*muxv1.AttachResponse, budget int) (
 	if a.recvErr != nil {
 		return out, nil, true, a.recvErr
 	}
-	if a.accepted(s.accepted) {
+	if a.ackDue(s.accepted) {
 		out = append(out, &muxv1.AttachResponse{Msg: &muxv1.AttachResponse_UpAck{UpAck: &muxv1.UpAck{Offset: s.accepted}}})
 		a.upAckSent = s.accepted
 	}
@@ -450,7 +450,9 @@ func (s *stream) next(a *attachment, msgs []*muxv1.AttachResponse, budget int) (
 	return out, s.changed, false, nil
 }
 
-func (a *attachment) accepted(accepted uint64) bool { return accepted > a.upAckSent }
+// ackDue reports whether up bytes were accepted since the last UpAck sent
+// on this channel.
+func (a *attachment) ackDue(accepted uint64) bool { return accepted > a.upAckSent }
 
 // setRecvErr ends a's channel with err (a bad request).
 func (s *stream) setRecvErr(a *attachment, err error) {
