@@ -163,8 +163,11 @@ type LoginResponse struct {
 	Credential      string `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
 	ExpiresUnixNano int64  `protobuf:"varint,2,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
 	// The MWS's name and the device identity it saw.
-	Mws           string `protobuf:"bytes,3,opt,name=mws,proto3" json:"mws,omitempty"`
-	Device        string `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	Mws    string `protobuf:"bytes,3,opt,name=mws,proto3" json:"mws,omitempty"`
+	Device string `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	// The cluster's MWSs a device may turn to when this one is gone (a
+	// session it held is found with MoveIn and the session key).
+	Peers         []*MWSAddr `protobuf:"bytes,5,rep,name=peers,proto3" json:"peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -227,6 +230,582 @@ func (x *LoginResponse) GetDevice() string {
 	return ""
 }
 
+func (x *LoginResponse) GetPeers() []*MWSAddr {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+// MWSAddr names an MWS and its device-facing gRPC address.
+type MWSAddr struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MWSAddr) Reset() {
+	*x = MWSAddr{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MWSAddr) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MWSAddr) ProtoMessage() {}
+
+func (x *MWSAddr) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MWSAddr.ProtoReflect.Descriptor instead.
+func (*MWSAddr) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MWSAddr) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MWSAddr) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+// MoveTarget tells a device where its session went.
+type MoveTarget struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Mws       *MWSAddr               `protobuf:"bytes,2,opt,name=mws,proto3" json:"mws,omitempty"`
+	// Single-use move token, bound to the device and to that MWS.
+	Token           string `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresUnixNano int64  `protobuf:"varint,4,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MoveTarget) Reset() {
+	*x = MoveTarget{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveTarget) ProtoMessage() {}
+
+func (x *MoveTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveTarget.ProtoReflect.Descriptor instead.
+func (*MoveTarget) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MoveTarget) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *MoveTarget) GetMws() *MWSAddr {
+	if x != nil {
+		return x.Mws
+	}
+	return nil
+}
+
+func (x *MoveTarget) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *MoveTarget) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+type MoveInRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Without a token: the session and its current key.
+	SessionId     string `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	SessionKey    string `protobuf:"bytes,3,opt,name=session_key,json=sessionKey,proto3" json:"session_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveInRequest) Reset() {
+	*x = MoveInRequest{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveInRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveInRequest) ProtoMessage() {}
+
+func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveInRequest.ProtoReflect.Descriptor instead.
+func (*MoveInRequest) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MoveInRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *MoveInRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *MoveInRequest) GetSessionKey() string {
+	if x != nil {
+		return x.SessionKey
+	}
+	return ""
+}
+
+type MoveInResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Credential      string                 `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	ExpiresUnixNano int64                  `protobuf:"varint,2,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	Mws             string                 `protobuf:"bytes,3,opt,name=mws,proto3" json:"mws,omitempty"`
+	SessionId       string                 `protobuf:"bytes,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// The session's new key (the old one no longer works).
+	SessionKey    string     `protobuf:"bytes,5,opt,name=session_key,json=sessionKey,proto3" json:"session_key,omitempty"`
+	Peers         []*MWSAddr `protobuf:"bytes,6,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveInResponse) Reset() {
+	*x = MoveInResponse{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveInResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveInResponse) ProtoMessage() {}
+
+func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveInResponse.ProtoReflect.Descriptor instead.
+func (*MoveInResponse) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MoveInResponse) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *MoveInResponse) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *MoveInResponse) GetMws() string {
+	if x != nil {
+		return x.Mws
+	}
+	return ""
+}
+
+func (x *MoveInResponse) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *MoveInResponse) GetSessionKey() string {
+	if x != nil {
+		return x.SessionKey
+	}
+	return ""
+}
+
+func (x *MoveInResponse) GetPeers() []*MWSAddr {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+type PingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PingRequest) Reset() {
+	*x = PingRequest{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PingRequest) ProtoMessage() {}
+
+func (x *PingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
+func (*PingRequest) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{6}
+}
+
+type PingResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mws           string                 `protobuf:"bytes,1,opt,name=mws,proto3" json:"mws,omitempty"`
+	UnixNano      int64                  `protobuf:"varint,2,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PingResponse) Reset() {
+	*x = PingResponse{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PingResponse) ProtoMessage() {}
+
+func (x *PingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
+func (*PingResponse) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PingResponse) GetMws() string {
+	if x != nil {
+		return x.Mws
+	}
+	return ""
+}
+
+func (x *PingResponse) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
+type ProbeReplyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeReplyRequest) Reset() {
+	*x = ProbeReplyRequest{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeReplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeReplyRequest) ProtoMessage() {}
+
+func (x *ProbeReplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeReplyRequest.ProtoReflect.Descriptor instead.
+func (*ProbeReplyRequest) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ProbeReplyRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+type ProbeReplyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeReplyResponse) Reset() {
+	*x = ProbeReplyResponse{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeReplyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeReplyResponse) ProtoMessage() {}
+
+func (x *ProbeReplyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeReplyResponse.ProtoReflect.Descriptor instead.
+func (*ProbeReplyResponse) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{9}
+}
+
+type PathSample struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mws           string                 `protobuf:"bytes,1,opt,name=mws,proto3" json:"mws,omitempty"`
+	RttUs         int64                  `protobuf:"varint,2,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathSample) Reset() {
+	*x = PathSample{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathSample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathSample) ProtoMessage() {}
+
+func (x *PathSample) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathSample.ProtoReflect.Descriptor instead.
+func (*PathSample) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PathSample) GetMws() string {
+	if x != nil {
+		return x.Mws
+	}
+	return ""
+}
+
+func (x *PathSample) GetRttUs() int64 {
+	if x != nil {
+		return x.RttUs
+	}
+	return 0
+}
+
+type ReportPathsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Samples       []*PathSample          `protobuf:"bytes,1,rep,name=samples,proto3" json:"samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPathsRequest) Reset() {
+	*x = ReportPathsRequest{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPathsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPathsRequest) ProtoMessage() {}
+
+func (x *ReportPathsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPathsRequest.ProtoReflect.Descriptor instead.
+func (*ReportPathsRequest) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ReportPathsRequest) GetSamples() []*PathSample {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
+type ReportPathsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPathsResponse) Reset() {
+	*x = ReportPathsResponse{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPathsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPathsResponse) ProtoMessage() {}
+
+func (x *ReportPathsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPathsResponse.ProtoReflect.Descriptor instead.
+func (*ReportPathsResponse) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{12}
+}
+
 type LogoutRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -235,7 +814,7 @@ type LogoutRequest struct {
 
 func (x *LogoutRequest) Reset() {
 	*x = LogoutRequest{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[2]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +826,7 @@ func (x *LogoutRequest) String() string {
 func (*LogoutRequest) ProtoMessage() {}
 
 func (x *LogoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[2]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +839,7 @@ func (x *LogoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogoutRequest.ProtoReflect.Descriptor instead.
 func (*LogoutRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{2}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{13}
 }
 
 type LogoutResponse struct {
@@ -271,7 +850,7 @@ type LogoutResponse struct {
 
 func (x *LogoutResponse) Reset() {
 	*x = LogoutResponse{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[3]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +862,7 @@ func (x *LogoutResponse) String() string {
 func (*LogoutResponse) ProtoMessage() {}
 
 func (x *LogoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[3]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +875,7 @@ func (x *LogoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogoutResponse.ProtoReflect.Descriptor instead.
 func (*LogoutResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{3}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{14}
 }
 
 type OpenSessionRequest struct {
@@ -311,7 +890,7 @@ type OpenSessionRequest struct {
 
 func (x *OpenSessionRequest) Reset() {
 	*x = OpenSessionRequest{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[4]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +902,7 @@ func (x *OpenSessionRequest) String() string {
 func (*OpenSessionRequest) ProtoMessage() {}
 
 func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[4]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +915,7 @@ func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
 func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{4}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OpenSessionRequest) GetApp() string {
@@ -358,14 +937,17 @@ type OpenSessionResponse struct {
 	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// The session key: every call on the session carries it as metadata
 	// "imash-session-key". It rotates at every handoff.
-	SessionKey    string `protobuf:"bytes,2,opt,name=session_key,json=sessionKey,proto3" json:"session_key,omitempty"`
+	SessionKey string `protobuf:"bytes,2,opt,name=session_key,json=sessionKey,proto3" json:"session_key,omitempty"`
+	// Set when admission placed the session on another, less loaded MWS: the
+	// device moves it there at once with MoveIn.
+	Moved         *MoveTarget `protobuf:"bytes,3,opt,name=moved,proto3" json:"moved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OpenSessionResponse) Reset() {
 	*x = OpenSessionResponse{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[5]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -377,7 +959,7 @@ func (x *OpenSessionResponse) String() string {
 func (*OpenSessionResponse) ProtoMessage() {}
 
 func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[5]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -390,7 +972,7 @@ func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionResponse.ProtoReflect.Descriptor instead.
 func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{5}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *OpenSessionResponse) GetSessionId() string {
@@ -407,6 +989,13 @@ func (x *OpenSessionResponse) GetSessionKey() string {
 	return ""
 }
 
+func (x *OpenSessionResponse) GetMoved() *MoveTarget {
+	if x != nil {
+		return x.Moved
+	}
+	return nil
+}
+
 type CloseSessionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -416,7 +1005,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[6]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +1017,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[6]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +1030,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{6}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CloseSessionRequest) GetSessionId() string {
@@ -459,7 +1048,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[7]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +1060,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[7]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +1073,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{7}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{18}
 }
 
 type ListSessionsRequest struct {
@@ -495,7 +1084,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[8]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +1096,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[8]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +1109,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{8}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{19}
 }
 
 type SessionInfo struct {
@@ -539,7 +1128,7 @@ type SessionInfo struct {
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[9]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +1140,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[9]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +1153,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{9}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SessionInfo) GetSessionId() string {
@@ -632,7 +1221,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[10]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +1233,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[10]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +1246,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{10}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*SessionInfo {
@@ -675,7 +1264,7 @@ type ListBackendsRequest struct {
 
 func (x *ListBackendsRequest) Reset() {
 	*x = ListBackendsRequest{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[11]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +1276,7 @@ func (x *ListBackendsRequest) String() string {
 func (*ListBackendsRequest) ProtoMessage() {}
 
 func (x *ListBackendsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[11]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +1289,7 @@ func (x *ListBackendsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackendsRequest.ProtoReflect.Descriptor instead.
 func (*ListBackendsRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{11}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{22}
 }
 
 type BackendInfo struct {
@@ -714,7 +1303,7 @@ type BackendInfo struct {
 
 func (x *BackendInfo) Reset() {
 	*x = BackendInfo{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[12]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +1315,7 @@ func (x *BackendInfo) String() string {
 func (*BackendInfo) ProtoMessage() {}
 
 func (x *BackendInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[12]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +1328,7 @@ func (x *BackendInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendInfo.ProtoReflect.Descriptor instead.
 func (*BackendInfo) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{12}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BackendInfo) GetName() string {
@@ -765,7 +1354,7 @@ type ListBackendsResponse struct {
 
 func (x *ListBackendsResponse) Reset() {
 	*x = ListBackendsResponse{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[13]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +1366,7 @@ func (x *ListBackendsResponse) String() string {
 func (*ListBackendsResponse) ProtoMessage() {}
 
 func (x *ListBackendsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[13]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +1379,7 @@ func (x *ListBackendsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackendsResponse.ProtoReflect.Descriptor instead.
 func (*ListBackendsResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{13}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListBackendsResponse) GetBackends() []*BackendInfo {
@@ -815,7 +1404,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[14]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1416,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[14]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1429,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{14}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetRequest) GetSessionId() string {
@@ -894,7 +1483,7 @@ type ObjectMeta struct {
 
 func (x *ObjectMeta) Reset() {
 	*x = ObjectMeta{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[15]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1495,7 @@ func (x *ObjectMeta) String() string {
 func (*ObjectMeta) ProtoMessage() {}
 
 func (x *ObjectMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[15]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1508,7 @@ func (x *ObjectMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectMeta.ProtoReflect.Descriptor instead.
 func (*ObjectMeta) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{15}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ObjectMeta) GetStatus() int32 {
@@ -1005,7 +1594,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[16]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1606,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[16]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1619,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{16}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetResponse) GetMsg() isGetResponse_Msg {
@@ -1090,7 +1679,7 @@ type StreamRequest struct {
 
 func (x *StreamRequest) Reset() {
 	*x = StreamRequest{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[17]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1691,7 @@ func (x *StreamRequest) String() string {
 func (*StreamRequest) ProtoMessage() {}
 
 func (x *StreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[17]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1704,7 @@ func (x *StreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
 func (*StreamRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{17}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StreamRequest) GetMsg() isStreamRequest_Msg {
@@ -1216,7 +1805,7 @@ type StreamClose struct {
 
 func (x *StreamClose) Reset() {
 	*x = StreamClose{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[18]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1817,7 @@ func (x *StreamClose) String() string {
 func (*StreamClose) ProtoMessage() {}
 
 func (x *StreamClose) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[18]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1830,7 @@ func (x *StreamClose) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamClose.ProtoReflect.Descriptor instead.
 func (*StreamClose) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{18}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{29}
 }
 
 type StreamOpen struct {
@@ -1259,7 +1848,7 @@ type StreamOpen struct {
 
 func (x *StreamOpen) Reset() {
 	*x = StreamOpen{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[19]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1860,7 @@ func (x *StreamOpen) String() string {
 func (*StreamOpen) ProtoMessage() {}
 
 func (x *StreamOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[19]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1873,7 @@ func (x *StreamOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamOpen.ProtoReflect.Descriptor instead.
 func (*StreamOpen) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{19}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StreamOpen) GetSessionId() string {
@@ -1325,7 +1914,7 @@ type StreamData struct {
 
 func (x *StreamData) Reset() {
 	*x = StreamData{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[20]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1926,7 @@ func (x *StreamData) String() string {
 func (*StreamData) ProtoMessage() {}
 
 func (x *StreamData) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[20]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1939,7 @@ func (x *StreamData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamData.ProtoReflect.Descriptor instead.
 func (*StreamData) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{20}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StreamData) GetOffset() uint64 {
@@ -1376,7 +1965,7 @@ type StreamAck struct {
 
 func (x *StreamAck) Reset() {
 	*x = StreamAck{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[21]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1977,7 @@ func (x *StreamAck) String() string {
 func (*StreamAck) ProtoMessage() {}
 
 func (x *StreamAck) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[21]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1990,7 @@ func (x *StreamAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamAck.ProtoReflect.Descriptor instead.
 func (*StreamAck) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{21}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StreamAck) GetOffset() uint64 {
@@ -1420,7 +2009,7 @@ type StreamCloseWrite struct {
 
 func (x *StreamCloseWrite) Reset() {
 	*x = StreamCloseWrite{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[22]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +2021,7 @@ func (x *StreamCloseWrite) String() string {
 func (*StreamCloseWrite) ProtoMessage() {}
 
 func (x *StreamCloseWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[22]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +2034,7 @@ func (x *StreamCloseWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamCloseWrite.ProtoReflect.Descriptor instead.
 func (*StreamCloseWrite) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{22}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StreamCloseWrite) GetOffset() uint64 {
@@ -1471,7 +2060,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[23]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +2072,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[23]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +2085,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{23}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StreamResponse) GetMsg() isStreamResponse_Msg {
@@ -1603,7 +2192,7 @@ type StreamOpened struct {
 
 func (x *StreamOpened) Reset() {
 	*x = StreamOpened{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[24]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +2204,7 @@ func (x *StreamOpened) String() string {
 func (*StreamOpened) ProtoMessage() {}
 
 func (x *StreamOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[24]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +2217,7 @@ func (x *StreamOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamOpened.ProtoReflect.Descriptor instead.
 func (*StreamOpened) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{24}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StreamOpened) GetStreamId() string {
@@ -1662,7 +2251,7 @@ type StreamEof struct {
 
 func (x *StreamEof) Reset() {
 	*x = StreamEof{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[25]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +2263,7 @@ func (x *StreamEof) String() string {
 func (*StreamEof) ProtoMessage() {}
 
 func (x *StreamEof) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[25]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +2276,7 @@ func (x *StreamEof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEof.ProtoReflect.Descriptor instead.
 func (*StreamEof) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{25}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StreamEof) GetOffset() uint64 {
@@ -1713,7 +2302,7 @@ type StreamClosed struct {
 
 func (x *StreamClosed) Reset() {
 	*x = StreamClosed{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[26]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +2314,7 @@ func (x *StreamClosed) String() string {
 func (*StreamClosed) ProtoMessage() {}
 
 func (x *StreamClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[26]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +2327,7 @@ func (x *StreamClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamClosed.ProtoReflect.Descriptor instead.
 func (*StreamClosed) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{26}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StreamClosed) GetReason() string {
@@ -1756,7 +2345,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[27]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +2357,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[27]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +2370,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{27}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{38}
 }
 
 type Event struct {
@@ -1793,6 +2382,8 @@ type Event struct {
 	//	*Event_Notice
 	//	*Event_Offer
 	//	*Event_Summary
+	//	*Event_Probe
+	//	*Event_Moved
 	Msg           isEvent_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1800,7 +2391,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[28]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +2403,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[28]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +2416,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{28}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Event) GetUnixNano() int64 {
@@ -1878,6 +2469,24 @@ func (x *Event) GetSummary() *StateSummary {
 	return nil
 }
 
+func (x *Event) GetProbe() *Probe {
+	if x != nil {
+		if x, ok := x.Msg.(*Event_Probe); ok {
+			return x.Probe
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetMoved() *MoveTarget {
+	if x != nil {
+		if x, ok := x.Msg.(*Event_Moved); ok {
+			return x.Moved
+		}
+	}
+	return nil
+}
+
 type isEvent_Msg interface {
 	isEvent_Msg()
 }
@@ -1902,6 +2511,16 @@ type Event_Summary struct {
 	Summary *StateSummary `protobuf:"bytes,5,opt,name=summary,proto3,oneof"`
 }
 
+type Event_Probe struct {
+	// A round-trip probe: answer with ProbeReply(seq).
+	Probe *Probe `protobuf:"bytes,6,opt,name=probe,proto3,oneof"`
+}
+
+type Event_Moved struct {
+	// One of this device's sessions moved to another MWS (MASH).
+	Moved *MoveTarget `protobuf:"bytes,7,opt,name=moved,proto3,oneof"`
+}
+
 func (*Event_Connected) isEvent_Msg() {}
 
 func (*Event_Notice) isEvent_Msg() {}
@@ -1909,6 +2528,54 @@ func (*Event_Notice) isEvent_Msg() {}
 func (*Event_Offer) isEvent_Msg() {}
 
 func (*Event_Summary) isEvent_Msg() {}
+
+func (*Event_Probe) isEvent_Msg() {}
+
+func (*Event_Moved) isEvent_Msg() {}
+
+type Probe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Probe) Reset() {
+	*x = Probe{}
+	mi := &file_imash_mws_v1_device_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Probe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Probe) ProtoMessage() {}
+
+func (x *Probe) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_device_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Probe.ProtoReflect.Descriptor instead.
+func (*Probe) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *Probe) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
 
 type Connected struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1920,7 +2587,7 @@ type Connected struct {
 
 func (x *Connected) Reset() {
 	*x = Connected{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[29]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2599,7 @@ func (x *Connected) String() string {
 func (*Connected) ProtoMessage() {}
 
 func (x *Connected) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[29]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2612,7 @@ func (x *Connected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connected.ProtoReflect.Descriptor instead.
 func (*Connected) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{29}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Connected) GetMws() string {
@@ -1971,7 +2638,7 @@ type Notice struct {
 
 func (x *Notice) Reset() {
 	*x = Notice{}
-	mi := &file_imash_mws_v1_device_proto_msgTypes[30]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2650,7 @@ func (x *Notice) String() string {
 func (*Notice) ProtoMessage() {}
 
 func (x *Notice) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_device_proto_msgTypes[30]
+	mi := &file_imash_mws_v1_device_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2663,7 @@ func (x *Notice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notice.ProtoReflect.Descriptor instead.
 func (*Notice) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{30}
+	return file_imash_mws_v1_device_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Notice) GetText() string {
@@ -2014,24 +2681,67 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\fLoginRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x1a\n" +
-	"\bprofiles\x18\x03 \x03(\fR\bprofiles\"\x85\x01\n" +
+	"\bprofiles\x18\x03 \x03(\fR\bprofiles\"\xb2\x01\n" +
 	"\rLoginResponse\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\tR\n" +
 	"credential\x12*\n" +
 	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\x12\x10\n" +
 	"\x03mws\x18\x03 \x01(\tR\x03mws\x12\x16\n" +
-	"\x06device\x18\x04 \x01(\tR\x06device\"\x0f\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\x12+\n" +
+	"\x05peers\x18\x05 \x03(\v2\x15.imash.mws.v1.MWSAddrR\x05peers\"1\n" +
+	"\aMWSAddr\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\"\x96\x01\n" +
+	"\n" +
+	"MoveTarget\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12'\n" +
+	"\x03mws\x18\x02 \x01(\v2\x15.imash.mws.v1.MWSAddrR\x03mws\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x12*\n" +
+	"\x11expires_unix_nano\x18\x04 \x01(\x03R\x0fexpiresUnixNano\"e\n" +
+	"\rMoveInRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n" +
+	"\vsession_key\x18\x03 \x01(\tR\n" +
+	"sessionKey\"\xdb\x01\n" +
+	"\x0eMoveInResponse\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\tR\n" +
+	"credential\x12*\n" +
+	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\x12\x10\n" +
+	"\x03mws\x18\x03 \x01(\tR\x03mws\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x04 \x01(\tR\tsessionId\x12\x1f\n" +
+	"\vsession_key\x18\x05 \x01(\tR\n" +
+	"sessionKey\x12+\n" +
+	"\x05peers\x18\x06 \x03(\v2\x15.imash.mws.v1.MWSAddrR\x05peers\"\r\n" +
+	"\vPingRequest\"=\n" +
+	"\fPingResponse\x12\x10\n" +
+	"\x03mws\x18\x01 \x01(\tR\x03mws\x12\x1b\n" +
+	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\"%\n" +
+	"\x11ProbeReplyRequest\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x14\n" +
+	"\x12ProbeReplyResponse\"5\n" +
+	"\n" +
+	"PathSample\x12\x10\n" +
+	"\x03mws\x18\x01 \x01(\tR\x03mws\x12\x15\n" +
+	"\x06rtt_us\x18\x02 \x01(\x03R\x05rttUs\"H\n" +
+	"\x12ReportPathsRequest\x122\n" +
+	"\asamples\x18\x01 \x03(\v2\x18.imash.mws.v1.PathSampleR\asamples\"\x15\n" +
+	"\x13ReportPathsResponse\"\x0f\n" +
 	"\rLogoutRequest\"\x10\n" +
 	"\x0eLogoutResponse\">\n" +
 	"\x12OpenSessionRequest\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x16\n" +
-	"\x06labels\x18\x02 \x03(\tR\x06labels\"U\n" +
+	"\x06labels\x18\x02 \x03(\tR\x06labels\"\x85\x01\n" +
 	"\x13OpenSessionResponse\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n" +
 	"\vsession_key\x18\x02 \x01(\tR\n" +
-	"sessionKey\"4\n" +
+	"sessionKey\x12.\n" +
+	"\x05moved\x18\x03 \x01(\v2\x18.imash.mws.v1.MoveTargetR\x05moved\"4\n" +
 	"\x13CloseSessionRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x16\n" +
@@ -2127,14 +2837,18 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"&\n" +
 	"\fStreamClosed\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x0f\n" +
-	"\rEventsRequest\"\x80\x02\n" +
+	"\rEventsRequest\"\xdf\x02\n" +
 	"\x05Event\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x127\n" +
 	"\tconnected\x18\x02 \x01(\v2\x17.imash.mws.v1.ConnectedH\x00R\tconnected\x12.\n" +
 	"\x06notice\x18\x03 \x01(\v2\x14.imash.mws.v1.NoticeH\x00R\x06notice\x122\n" +
 	"\x05offer\x18\x04 \x01(\v2\x1a.imash.mws.v1.HandoffOfferH\x00R\x05offer\x126\n" +
-	"\asummary\x18\x05 \x01(\v2\x1a.imash.mws.v1.StateSummaryH\x00R\asummaryB\x05\n" +
-	"\x03msg\"5\n" +
+	"\asummary\x18\x05 \x01(\v2\x1a.imash.mws.v1.StateSummaryH\x00R\asummary\x12+\n" +
+	"\x05probe\x18\x06 \x01(\v2\x13.imash.mws.v1.ProbeH\x00R\x05probe\x120\n" +
+	"\x05moved\x18\a \x01(\v2\x18.imash.mws.v1.MoveTargetH\x00R\x05movedB\x05\n" +
+	"\x03msg\"\x19\n" +
+	"\x05Probe\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"5\n" +
 	"\tConnected\x12\x10\n" +
 	"\x03mws\x18\x01 \x01(\tR\x03mws\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\"\x1c\n" +
@@ -2145,7 +2859,8 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\x12CACHE_OUTCOME_MISS\x10\x01\x12\x15\n" +
 	"\x11CACHE_OUTCOME_HIT\x10\x02\x12\x1d\n" +
 	"\x19CACHE_OUTCOME_REVALIDATED\x10\x03\x12\x1a\n" +
-	"\x16CACHE_OUTCOME_UNCACHED\x10\x042\xb3\b\n" +
+	"\x16CACHE_OUTCOME_UNCACHED\x10\x042\xdc\n" +
+	"\n" +
 	"\x06Device\x12@\n" +
 	"\x05Login\x12\x1a.imash.mws.v1.LoginRequest\x1a\x1b.imash.mws.v1.LoginResponse\x12C\n" +
 	"\x06Logout\x12\x1b.imash.mws.v1.LogoutRequest\x1a\x1c.imash.mws.v1.LogoutResponse\x12R\n" +
@@ -2160,7 +2875,12 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\aHandoff\x12\x1e.imash.mws.v1.HandoffClientMsg\x1a\x1e.imash.mws.v1.HandoffServerMsg(\x010\x01\x12R\n" +
 	"\vAnswerOffer\x12 .imash.mws.v1.AnswerOfferRequest\x1a!.imash.mws.v1.AnswerOfferResponse\x12E\n" +
 	"\x06Resume\x12\x1b.imash.mws.v1.ResumeRequest\x1a\x1c.imash.mws.v1.ResumeResponse0\x01\x12F\n" +
-	"\aReclaim\x12\x1c.imash.mws.v1.ReclaimRequest\x1a\x1d.imash.mws.v1.ReclaimResponseB8Z6github.com/imashproject/imash/proto/imash/mws/v1;mwsv1b\x06proto3"
+	"\aReclaim\x12\x1c.imash.mws.v1.ReclaimRequest\x1a\x1d.imash.mws.v1.ReclaimResponse\x12C\n" +
+	"\x06MoveIn\x12\x1b.imash.mws.v1.MoveInRequest\x1a\x1c.imash.mws.v1.MoveInResponse\x12=\n" +
+	"\x04Ping\x12\x19.imash.mws.v1.PingRequest\x1a\x1a.imash.mws.v1.PingResponse\x12O\n" +
+	"\n" +
+	"ProbeReply\x12\x1f.imash.mws.v1.ProbeReplyRequest\x1a .imash.mws.v1.ProbeReplyResponse\x12R\n" +
+	"\vReportPaths\x12 .imash.mws.v1.ReportPathsRequest\x1a!.imash.mws.v1.ReportPathsResponseB8Z6github.com/imashproject/imash/proto/imash/mws/v1;mwsv1b\x06proto3"
 
 var (
 	file_imash_mws_v1_device_proto_rawDescOnce sync.Once
@@ -2175,109 +2895,136 @@ func file_imash_mws_v1_device_proto_rawDescGZIP() []byte {
 }
 
 var file_imash_mws_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imash_mws_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_imash_mws_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_imash_mws_v1_device_proto_goTypes = []any{
 	(CacheOutcome)(0),            // 0: imash.mws.v1.CacheOutcome
 	(*LoginRequest)(nil),         // 1: imash.mws.v1.LoginRequest
 	(*LoginResponse)(nil),        // 2: imash.mws.v1.LoginResponse
-	(*LogoutRequest)(nil),        // 3: imash.mws.v1.LogoutRequest
-	(*LogoutResponse)(nil),       // 4: imash.mws.v1.LogoutResponse
-	(*OpenSessionRequest)(nil),   // 5: imash.mws.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),  // 6: imash.mws.v1.OpenSessionResponse
-	(*CloseSessionRequest)(nil),  // 7: imash.mws.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil), // 8: imash.mws.v1.CloseSessionResponse
-	(*ListSessionsRequest)(nil),  // 9: imash.mws.v1.ListSessionsRequest
-	(*SessionInfo)(nil),          // 10: imash.mws.v1.SessionInfo
-	(*ListSessionsResponse)(nil), // 11: imash.mws.v1.ListSessionsResponse
-	(*ListBackendsRequest)(nil),  // 12: imash.mws.v1.ListBackendsRequest
-	(*BackendInfo)(nil),          // 13: imash.mws.v1.BackendInfo
-	(*ListBackendsResponse)(nil), // 14: imash.mws.v1.ListBackendsResponse
-	(*GetRequest)(nil),           // 15: imash.mws.v1.GetRequest
-	(*ObjectMeta)(nil),           // 16: imash.mws.v1.ObjectMeta
-	(*GetResponse)(nil),          // 17: imash.mws.v1.GetResponse
-	(*StreamRequest)(nil),        // 18: imash.mws.v1.StreamRequest
-	(*StreamClose)(nil),          // 19: imash.mws.v1.StreamClose
-	(*StreamOpen)(nil),           // 20: imash.mws.v1.StreamOpen
-	(*StreamData)(nil),           // 21: imash.mws.v1.StreamData
-	(*StreamAck)(nil),            // 22: imash.mws.v1.StreamAck
-	(*StreamCloseWrite)(nil),     // 23: imash.mws.v1.StreamCloseWrite
-	(*StreamResponse)(nil),       // 24: imash.mws.v1.StreamResponse
-	(*StreamOpened)(nil),         // 25: imash.mws.v1.StreamOpened
-	(*StreamEof)(nil),            // 26: imash.mws.v1.StreamEof
-	(*StreamClosed)(nil),         // 27: imash.mws.v1.StreamClosed
-	(*EventsRequest)(nil),        // 28: imash.mws.v1.EventsRequest
-	(*Event)(nil),                // 29: imash.mws.v1.Event
-	(*Connected)(nil),            // 30: imash.mws.v1.Connected
-	(*Notice)(nil),               // 31: imash.mws.v1.Notice
-	nil,                          // 32: imash.mws.v1.GetRequest.HeadersEntry
-	nil,                          // 33: imash.mws.v1.ObjectMeta.HeadersEntry
-	(*HandoffOffer)(nil),         // 34: imash.mws.v1.HandoffOffer
-	(*StateSummary)(nil),         // 35: imash.mws.v1.StateSummary
-	(*ListDevicesRequest)(nil),   // 36: imash.mws.v1.ListDevicesRequest
-	(*HandoffClientMsg)(nil),     // 37: imash.mws.v1.HandoffClientMsg
-	(*AnswerOfferRequest)(nil),   // 38: imash.mws.v1.AnswerOfferRequest
-	(*ResumeRequest)(nil),        // 39: imash.mws.v1.ResumeRequest
-	(*ReclaimRequest)(nil),       // 40: imash.mws.v1.ReclaimRequest
-	(*ListDevicesResponse)(nil),  // 41: imash.mws.v1.ListDevicesResponse
-	(*HandoffServerMsg)(nil),     // 42: imash.mws.v1.HandoffServerMsg
-	(*AnswerOfferResponse)(nil),  // 43: imash.mws.v1.AnswerOfferResponse
-	(*ResumeResponse)(nil),       // 44: imash.mws.v1.ResumeResponse
-	(*ReclaimResponse)(nil),      // 45: imash.mws.v1.ReclaimResponse
+	(*MWSAddr)(nil),              // 3: imash.mws.v1.MWSAddr
+	(*MoveTarget)(nil),           // 4: imash.mws.v1.MoveTarget
+	(*MoveInRequest)(nil),        // 5: imash.mws.v1.MoveInRequest
+	(*MoveInResponse)(nil),       // 6: imash.mws.v1.MoveInResponse
+	(*PingRequest)(nil),          // 7: imash.mws.v1.PingRequest
+	(*PingResponse)(nil),         // 8: imash.mws.v1.PingResponse
+	(*ProbeReplyRequest)(nil),    // 9: imash.mws.v1.ProbeReplyRequest
+	(*ProbeReplyResponse)(nil),   // 10: imash.mws.v1.ProbeReplyResponse
+	(*PathSample)(nil),           // 11: imash.mws.v1.PathSample
+	(*ReportPathsRequest)(nil),   // 12: imash.mws.v1.ReportPathsRequest
+	(*ReportPathsResponse)(nil),  // 13: imash.mws.v1.ReportPathsResponse
+	(*LogoutRequest)(nil),        // 14: imash.mws.v1.LogoutRequest
+	(*LogoutResponse)(nil),       // 15: imash.mws.v1.LogoutResponse
+	(*OpenSessionRequest)(nil),   // 16: imash.mws.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),  // 17: imash.mws.v1.OpenSessionResponse
+	(*CloseSessionRequest)(nil),  // 18: imash.mws.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil), // 19: imash.mws.v1.CloseSessionResponse
+	(*ListSessionsRequest)(nil),  // 20: imash.mws.v1.ListSessionsRequest
+	(*SessionInfo)(nil),          // 21: imash.mws.v1.SessionInfo
+	(*ListSessionsResponse)(nil), // 22: imash.mws.v1.ListSessionsResponse
+	(*ListBackendsRequest)(nil),  // 23: imash.mws.v1.ListBackendsRequest
+	(*BackendInfo)(nil),          // 24: imash.mws.v1.BackendInfo
+	(*ListBackendsResponse)(nil), // 25: imash.mws.v1.ListBackendsResponse
+	(*GetRequest)(nil),           // 26: imash.mws.v1.GetRequest
+	(*ObjectMeta)(nil),           // 27: imash.mws.v1.ObjectMeta
+	(*GetResponse)(nil),          // 28: imash.mws.v1.GetResponse
+	(*StreamRequest)(nil),        // 29: imash.mws.v1.StreamRequest
+	(*StreamClose)(nil),          // 30: imash.mws.v1.StreamClose
+	(*StreamOpen)(nil),           // 31: imash.mws.v1.StreamOpen
+	(*StreamData)(nil),           // 32: imash.mws.v1.StreamData
+	(*StreamAck)(nil),            // 33: imash.mws.v1.StreamAck
+	(*StreamCloseWrite)(nil),     // 34: imash.mws.v1.StreamCloseWrite
+	(*StreamResponse)(nil),       // 35: imash.mws.v1.StreamResponse
+	(*StreamOpened)(nil),         // 36: imash.mws.v1.StreamOpened
+	(*StreamEof)(nil),            // 37: imash.mws.v1.StreamEof
+	(*StreamClosed)(nil),         // 38: imash.mws.v1.StreamClosed
+	(*EventsRequest)(nil),        // 39: imash.mws.v1.EventsRequest
+	(*Event)(nil),                // 40: imash.mws.v1.Event
+	(*Probe)(nil),                // 41: imash.mws.v1.Probe
+	(*Connected)(nil),            // 42: imash.mws.v1.Connected
+	(*Notice)(nil),               // 43: imash.mws.v1.Notice
+	nil,                          // 44: imash.mws.v1.GetRequest.HeadersEntry
+	nil,                          // 45: imash.mws.v1.ObjectMeta.HeadersEntry
+	(*HandoffOffer)(nil),         // 46: imash.mws.v1.HandoffOffer
+	(*StateSummary)(nil),         // 47: imash.mws.v1.StateSummary
+	(*ListDevicesRequest)(nil),   // 48: imash.mws.v1.ListDevicesRequest
+	(*HandoffClientMsg)(nil),     // 49: imash.mws.v1.HandoffClientMsg
+	(*AnswerOfferRequest)(nil),   // 50: imash.mws.v1.AnswerOfferRequest
+	(*ResumeRequest)(nil),        // 51: imash.mws.v1.ResumeRequest
+	(*ReclaimRequest)(nil),       // 52: imash.mws.v1.ReclaimRequest
+	(*ListDevicesResponse)(nil),  // 53: imash.mws.v1.ListDevicesResponse
+	(*HandoffServerMsg)(nil),     // 54: imash.mws.v1.HandoffServerMsg
+	(*AnswerOfferResponse)(nil),  // 55: imash.mws.v1.AnswerOfferResponse
+	(*ResumeResponse)(nil),       // 56: imash.mws.v1.ResumeResponse
+	(*ReclaimResponse)(nil),      // 57: imash.mws.v1.ReclaimResponse
 }
 var file_imash_mws_v1_device_proto_depIdxs = []int32{
-	10, // 0: imash.mws.v1.ListSessionsResponse.sessions:type_name -> imash.mws.v1.SessionInfo
-	13, // 1: imash.mws.v1.ListBackendsResponse.backends:type_name -> imash.mws.v1.BackendInfo
-	32, // 2: imash.mws.v1.GetRequest.headers:type_name -> imash.mws.v1.GetRequest.HeadersEntry
-	0,  // 3: imash.mws.v1.ObjectMeta.cache:type_name -> imash.mws.v1.CacheOutcome
-	33, // 4: imash.mws.v1.ObjectMeta.headers:type_name -> imash.mws.v1.ObjectMeta.HeadersEntry
-	16, // 5: imash.mws.v1.GetResponse.meta:type_name -> imash.mws.v1.ObjectMeta
-	20, // 6: imash.mws.v1.StreamRequest.open:type_name -> imash.mws.v1.StreamOpen
-	21, // 7: imash.mws.v1.StreamRequest.data:type_name -> imash.mws.v1.StreamData
-	22, // 8: imash.mws.v1.StreamRequest.ack:type_name -> imash.mws.v1.StreamAck
-	23, // 9: imash.mws.v1.StreamRequest.close_write:type_name -> imash.mws.v1.StreamCloseWrite
-	19, // 10: imash.mws.v1.StreamRequest.close:type_name -> imash.mws.v1.StreamClose
-	25, // 11: imash.mws.v1.StreamResponse.opened:type_name -> imash.mws.v1.StreamOpened
-	21, // 12: imash.mws.v1.StreamResponse.data:type_name -> imash.mws.v1.StreamData
-	22, // 13: imash.mws.v1.StreamResponse.up_ack:type_name -> imash.mws.v1.StreamAck
-	26, // 14: imash.mws.v1.StreamResponse.eof:type_name -> imash.mws.v1.StreamEof
-	27, // 15: imash.mws.v1.StreamResponse.closed:type_name -> imash.mws.v1.StreamClosed
-	30, // 16: imash.mws.v1.Event.connected:type_name -> imash.mws.v1.Connected
-	31, // 17: imash.mws.v1.Event.notice:type_name -> imash.mws.v1.Notice
-	34, // 18: imash.mws.v1.Event.offer:type_name -> imash.mws.v1.HandoffOffer
-	35, // 19: imash.mws.v1.Event.summary:type_name -> imash.mws.v1.StateSummary
-	1,  // 20: imash.mws.v1.Device.Login:input_type -> imash.mws.v1.LoginRequest
-	3,  // 21: imash.mws.v1.Device.Logout:input_type -> imash.mws.v1.LogoutRequest
-	5,  // 22: imash.mws.v1.Device.OpenSession:input_type -> imash.mws.v1.OpenSessionRequest
-	7,  // 23: imash.mws.v1.Device.CloseSession:input_type -> imash.mws.v1.CloseSessionRequest
-	9,  // 24: imash.mws.v1.Device.ListSessions:input_type -> imash.mws.v1.ListSessionsRequest
-	12, // 25: imash.mws.v1.Device.ListBackends:input_type -> imash.mws.v1.ListBackendsRequest
-	15, // 26: imash.mws.v1.Device.Get:input_type -> imash.mws.v1.GetRequest
-	18, // 27: imash.mws.v1.Device.Stream:input_type -> imash.mws.v1.StreamRequest
-	28, // 28: imash.mws.v1.Device.Events:input_type -> imash.mws.v1.EventsRequest
-	36, // 29: imash.mws.v1.Device.ListDevices:input_type -> imash.mws.v1.ListDevicesRequest
-	37, // 30: imash.mws.v1.Device.Handoff:input_type -> imash.mws.v1.HandoffClientMsg
-	38, // 31: imash.mws.v1.Device.AnswerOffer:input_type -> imash.mws.v1.AnswerOfferRequest
-	39, // 32: imash.mws.v1.Device.Resume:input_type -> imash.mws.v1.ResumeRequest
-	40, // 33: imash.mws.v1.Device.Reclaim:input_type -> imash.mws.v1.ReclaimRequest
-	2,  // 34: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
-	4,  // 35: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
-	6,  // 36: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
-	8,  // 37: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
-	11, // 38: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
-	14, // 39: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
-	17, // 40: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
-	24, // 41: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
-	29, // 42: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
-	41, // 43: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
-	42, // 44: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
-	43, // 45: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
-	44, // 46: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
-	45, // 47: imash.mws.v1.Device.Reclaim:output_type -> imash.mws.v1.ReclaimResponse
-	34, // [34:48] is the sub-list for method output_type
-	20, // [20:34] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	3,  // 0: imash.mws.v1.LoginResponse.peers:type_name -> imash.mws.v1.MWSAddr
+	3,  // 1: imash.mws.v1.MoveTarget.mws:type_name -> imash.mws.v1.MWSAddr
+	3,  // 2: imash.mws.v1.MoveInResponse.peers:type_name -> imash.mws.v1.MWSAddr
+	11, // 3: imash.mws.v1.ReportPathsRequest.samples:type_name -> imash.mws.v1.PathSample
+	4,  // 4: imash.mws.v1.OpenSessionResponse.moved:type_name -> imash.mws.v1.MoveTarget
+	21, // 5: imash.mws.v1.ListSessionsResponse.sessions:type_name -> imash.mws.v1.SessionInfo
+	24, // 6: imash.mws.v1.ListBackendsResponse.backends:type_name -> imash.mws.v1.BackendInfo
+	44, // 7: imash.mws.v1.GetRequest.headers:type_name -> imash.mws.v1.GetRequest.HeadersEntry
+	0,  // 8: imash.mws.v1.ObjectMeta.cache:type_name -> imash.mws.v1.CacheOutcome
+	45, // 9: imash.mws.v1.ObjectMeta.headers:type_name -> imash.mws.v1.ObjectMeta.HeadersEntry
+	27, // 10: imash.mws.v1.GetResponse.meta:type_name -> imash.mws.v1.ObjectMeta
+	31, // 11: imash.mws.v1.StreamRequest.open:type_name -> imash.mws.v1.StreamOpen
+	32, // 12: imash.mws.v1.StreamRequest.data:type_name -> imash.mws.v1.StreamData
+	33, // 13: imash.mws.v1.StreamRequest.ack:type_name -> imash.mws.v1.StreamAck
+	34, // 14: imash.mws.v1.StreamRequest.close_write:type_name -> imash.mws.v1.StreamCloseWrite
+	30, // 15: imash.mws.v1.StreamRequest.close:type_name -> imash.mws.v1.StreamClose
+	36, // 16: imash.mws.v1.StreamResponse.opened:type_name -> imash.mws.v1.StreamOpened
+	32, // 17: imash.mws.v1.StreamResponse.data:type_name -> imash.mws.v1.StreamData
+	33, // 18: imash.mws.v1.StreamResponse.up_ack:type_name -> imash.mws.v1.StreamAck
+	37, // 19: imash.mws.v1.StreamResponse.eof:type_name -> imash.mws.v1.StreamEof
+	38, // 20: imash.mws.v1.StreamResponse.closed:type_name -> imash.mws.v1.StreamClosed
+	42, // 21: imash.mws.v1.Event.connected:type_name -> imash.mws.v1.Connected
+	43, // 22: imash.mws.v1.Event.notice:type_name -> imash.mws.v1.Notice
+	46, // 23: imash.mws.v1.Event.offer:type_name -> imash.mws.v1.HandoffOffer
+	47, // 24: imash.mws.v1.Event.summary:type_name -> imash.mws.v1.StateSummary
+	41, // 25: imash.mws.v1.Event.probe:type_name -> imash.mws.v1.Probe
+	4,  // 26: imash.mws.v1.Event.moved:type_name -> imash.mws.v1.MoveTarget
+	1,  // 27: imash.mws.v1.Device.Login:input_type -> imash.mws.v1.LoginRequest
+	14, // 28: imash.mws.v1.Device.Logout:input_type -> imash.mws.v1.LogoutRequest
+	16, // 29: imash.mws.v1.Device.OpenSession:input_type -> imash.mws.v1.OpenSessionRequest
+	18, // 30: imash.mws.v1.Device.CloseSession:input_type -> imash.mws.v1.CloseSessionRequest
+	20, // 31: imash.mws.v1.Device.ListSessions:input_type -> imash.mws.v1.ListSessionsRequest
+	23, // 32: imash.mws.v1.Device.ListBackends:input_type -> imash.mws.v1.ListBackendsRequest
+	26, // 33: imash.mws.v1.Device.Get:input_type -> imash.mws.v1.GetRequest
+	29, // 34: imash.mws.v1.Device.Stream:input_type -> imash.mws.v1.StreamRequest
+	39, // 35: imash.mws.v1.Device.Events:input_type -> imash.mws.v1.EventsRequest
+	48, // 36: imash.mws.v1.Device.ListDevices:input_type -> imash.mws.v1.ListDevicesRequest
+	49, // 37: imash.mws.v1.Device.Handoff:input_type -> imash.mws.v1.HandoffClientMsg
+	50, // 38: imash.mws.v1.Device.AnswerOffer:input_type -> imash.mws.v1.AnswerOfferRequest
+	51, // 39: imash.mws.v1.Device.Resume:input_type -> imash.mws.v1.ResumeRequest
+	52, // 40: imash.mws.v1.Device.Reclaim:input_type -> imash.mws.v1.ReclaimRequest
+	5,  // 41: imash.mws.v1.Device.MoveIn:input_type -> imash.mws.v1.MoveInRequest
+	7,  // 42: imash.mws.v1.Device.Ping:input_type -> imash.mws.v1.PingRequest
+	9,  // 43: imash.mws.v1.Device.ProbeReply:input_type -> imash.mws.v1.ProbeReplyRequest
+	12, // 44: imash.mws.v1.Device.ReportPaths:input_type -> imash.mws.v1.ReportPathsRequest
+	2,  // 45: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
+	15, // 46: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
+	17, // 47: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
+	19, // 48: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
+	22, // 49: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
+	25, // 50: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
+	28, // 51: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
+	35, // 52: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
+	40, // 53: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
+	53, // 54: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
+	54, // 55: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
+	55, // 56: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
+	56, // 57: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
+	57, // 58: imash.mws.v1.Device.Reclaim:output_type -> imash.mws.v1.ReclaimResponse
+	6,  // 59: imash.mws.v1.Device.MoveIn:output_type -> imash.mws.v1.MoveInResponse
+	8,  // 60: imash.mws.v1.Device.Ping:output_type -> imash.mws.v1.PingResponse
+	10, // 61: imash.mws.v1.Device.ProbeReply:output_type -> imash.mws.v1.ProbeReplyResponse
+	13, // 62: imash.mws.v1.Device.ReportPaths:output_type -> imash.mws.v1.ReportPathsResponse
+	45, // [45:63] is the sub-list for method output_type
+	27, // [27:45] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_imash_mws_v1_device_proto_init() }
@@ -2286,29 +3033,31 @@ func file_imash_mws_v1_device_proto_init() {
 		return
 	}
 	file_imash_mws_v1_handoff_proto_init()
-	file_imash_mws_v1_device_proto_msgTypes[16].OneofWrappers = []any{
+	file_imash_mws_v1_device_proto_msgTypes[27].OneofWrappers = []any{
 		(*GetResponse_Meta)(nil),
 		(*GetResponse_Chunk)(nil),
 	}
-	file_imash_mws_v1_device_proto_msgTypes[17].OneofWrappers = []any{
+	file_imash_mws_v1_device_proto_msgTypes[28].OneofWrappers = []any{
 		(*StreamRequest_Open)(nil),
 		(*StreamRequest_Data)(nil),
 		(*StreamRequest_Ack)(nil),
 		(*StreamRequest_CloseWrite)(nil),
 		(*StreamRequest_Close)(nil),
 	}
-	file_imash_mws_v1_device_proto_msgTypes[23].OneofWrappers = []any{
+	file_imash_mws_v1_device_proto_msgTypes[34].OneofWrappers = []any{
 		(*StreamResponse_Opened)(nil),
 		(*StreamResponse_Data)(nil),
 		(*StreamResponse_UpAck)(nil),
 		(*StreamResponse_Eof)(nil),
 		(*StreamResponse_Closed)(nil),
 	}
-	file_imash_mws_v1_device_proto_msgTypes[28].OneofWrappers = []any{
+	file_imash_mws_v1_device_proto_msgTypes[39].OneofWrappers = []any{
 		(*Event_Connected)(nil),
 		(*Event_Notice)(nil),
 		(*Event_Offer)(nil),
 		(*Event_Summary)(nil),
+		(*Event_Probe)(nil),
+		(*Event_Moved)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2316,7 +3065,7 @@ func file_imash_mws_v1_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imash_mws_v1_device_proto_rawDesc), len(file_imash_mws_v1_device_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

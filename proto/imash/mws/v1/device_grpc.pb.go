@@ -46,6 +46,10 @@ const (
 	Device_AnswerOffer_FullMethodName  = "/imash.mws.v1.Device/AnswerOffer"
 	Device_Resume_FullMethodName       = "/imash.mws.v1.Device/Resume"
 	Device_Reclaim_FullMethodName      = "/imash.mws.v1.Device/Reclaim"
+	Device_MoveIn_FullMethodName       = "/imash.mws.v1.Device/MoveIn"
+	Device_Ping_FullMethodName         = "/imash.mws.v1.Device/Ping"
+	Device_ProbeReply_FullMethodName   = "/imash.mws.v1.Device/ProbeReply"
+	Device_ReportPaths_FullMethodName  = "/imash.mws.v1.Device/ReportPaths"
 )
 
 // DeviceClient is the client API for Device service.
@@ -109,6 +113,25 @@ type DeviceClient interface {
 	// token for this device; Resume then delivers the state and a new session
 	// key.
 	Reclaim(ctx context.Context, in *ReclaimRequest, opts ...grpc.CallOption) (*ReclaimResponse, error)
+	// MoveIn completes a middleware-only handoff (MASH) on the device's side:
+	// the device presents the move token it was given (in a Moved event, a
+	// SESSION_MOVED error's metadata or an OpenSession redirect) to the MWS
+	// the session moved to, and gets a login credential there and the
+	// session's new key, without logging in again. Like Login it needs no
+	// bearer credential; the token is single-use, short-lived and bound to the
+	// device certificate and to this MWS. Without a token, a device may prove
+	// the session with its current session key (after the token expired or
+	// the old MWS went away).
+	MoveIn(ctx context.Context, in *MoveInRequest, opts ...grpc.CallOption) (*MoveInResponse, error)
+	// Ping answers at once: devices use it to measure their round-trip time
+	// to each MWS. Needs no bearer credential.
+	Ping(ctx context.Context, in *PingRequest, opts ...grpc.CallOption) (*PingResponse, error)
+	// ProbeReply answers a Probe event: the MWS measures the device's
+	// round-trip time on its own connection this way.
+	ProbeReply(ctx context.Context, in *ProbeReplyRequest, opts ...grpc.CallOption) (*ProbeReplyResponse, error)
+	// ReportPaths gives the MWS the device's measured round-trip times to
+	// the cluster's MWSs (its better-path decisions use them).
+	ReportPaths(ctx context.Context, in *ReportPathsRequest, opts ...grpc.CallOption) (*ReportPathsResponse, error)
 }
 
 type deviceClient struct {
@@ -292,6 +315,46 @@ func (c *deviceClient) Reclaim(ctx context.Context, in *ReclaimRequest, opts ...
 	return out, nil
 }
 
+func (c *deviceClient) MoveIn(ctx context.Context, in *MoveInRequest, opts ...grpc.CallOption) (*MoveInResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveInResponse)
+	err := c.cc.Invoke(ctx, Device_MoveIn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deviceClient) Ping(ctx context.Context, in *PingRequest, opts ...grpc.CallOption) (*PingResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PingResponse)
+	err := c.cc.Invoke(ctx, Device_Ping_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deviceClient) ProbeReply(ctx context.Context, in *ProbeReplyRequest, opts ...grpc.CallOption) (*ProbeReplyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProbeReplyResponse)
+	err := c.cc.Invoke(ctx, Device_ProbeReply_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deviceClient) ReportPaths(ctx context.Context, in *ReportPathsRequest, opts ...grpc.CallOption) (*ReportPathsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportPathsResponse)
+	err := c.cc.Invoke(ctx, Device_ReportPaths_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeviceServer is the server API for Device service.
 // All implementations must embed UnimplementedDeviceServer
 // for forward compatibility.
@@ -353,6 +416,25 @@ type DeviceServer interface {
 	// token for this device; Resume then delivers the state and a new session
 	// key.
 	Reclaim(context.Context, *ReclaimRequest) (*ReclaimResponse, error)
+	// MoveIn completes a middleware-only handoff (MASH) on the device's side:
+	// the device presents the move token it was given (in a Moved event, a
+	// SESSION_MOVED error's metadata or an OpenSession redirect) to the MWS
+	// the session moved to, and gets a login credential there and the
+	// session's new key, without logging in again. Like Login it needs no
+	// bearer credential; the token is single-use, short-lived and bound to the
+	// device certificate and to this MWS. Without a token, a device may prove
+	// the session with its current session key (after the token expired or
+	// the old MWS went away).
+	MoveIn(context.Context, *MoveInRequest) (*MoveInResponse, error)
+	// Ping answers at once: devices use it to measure their round-trip time
+	// to each MWS. Needs no bearer credential.
+	Ping(context.Context, *PingRequest) (*PingResponse, error)
+	// ProbeReply answers a Probe event: the MWS measures the device's
+	// round-trip time on its own connection this way.
+	ProbeReply(context.Context, *ProbeReplyRequest) (*ProbeReplyResponse, error)
+	// ReportPaths gives the MWS the device's measured round-trip times to
+	// the cluster's MWSs (its better-path decisions use them).
+	ReportPaths(context.Context, *ReportPathsRequest) (*ReportPathsResponse, error)
 	mustEmbedUnimplementedDeviceServer()
 }
 
@@ -404,6 +486,18 @@ func (UnimplementedDeviceServer) Resume(*ResumeRequest, grpc.ServerStreamingServ
 }
 func (UnimplementedDeviceServer) Reclaim(context.Context, *ReclaimRequest) (*ReclaimResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Reclaim not implemented")
+}
+func (UnimplementedDeviceServer) MoveIn(context.Context, *MoveInRequest) (*MoveInResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveIn not implemented")
+}
+func (UnimplementedDeviceServer) Ping(context.Context, *PingRequest) (*PingResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Ping not implemented")
+}
+func (UnimplementedDeviceServer) ProbeReply(context.Context, *ProbeReplyRequest) (*ProbeReplyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProbeReply not implemented")
+}
+func (UnimplementedDeviceServer) ReportPaths(context.Context, *ReportPathsRequest) (*ReportPathsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportPaths not implemented")
 }
 func (UnimplementedDeviceServer) mustEmbedUnimplementedDeviceServer() {}
 func (UnimplementedDeviceServer) testEmbeddedByValue()                {}
@@ -635,6 +729,78 @@ func _Device_Reclaim_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Device_MoveIn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveInRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServer).MoveIn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Device_MoveIn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServer).MoveIn(ctx, req.(*MoveInRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Device_Ping_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServer).Ping(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Device_Ping_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServer).Ping(ctx, req.(*PingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Device_ProbeReply_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProbeReplyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServer).ProbeReply(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Device_ProbeReply_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServer).ProbeReply(ctx, req.(*ProbeReplyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Device_ReportPaths_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportPathsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServer).ReportPaths(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Device_ReportPaths_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServer).ReportPaths(ctx, req.(*ReportPathsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Device_ServiceDesc is the grpc.ServiceDesc for Device service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -677,6 +843,22 @@ var Device_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reclaim",
 			Handler:    _Device_Reclaim_Handler,
+		},
+		{
+			MethodName: "MoveIn",
+			Handler:    _Device_MoveIn_Handler,
+		},
+		{
+			MethodName: "Ping",
+			Handler:    _Device_Ping_Handler,
+		},
+		{
+			MethodName: "ProbeReply",
+			Handler:    _Device_ProbeReply_Handler,
+		},
+		{
+			MethodName: "ReportPaths",
+			Handler:    _Device_ReportPaths_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
