@@ -105,7 +105,7 @@ func TestAdaptPDA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"decode", "resize(240x180)", "recolor(4bit/channel)", "encode(image/jpeg,q=85)"}
+	want := []string{"decode(1/8)", "resize(240x180)", "recolor(4bit/channel)", "encode(image/jpeg,q=85)"}
 	if !slices.Equal(res.Steps, want) {
 		t.Errorf("steps %q, want %q", res.Steps, want)
 	}

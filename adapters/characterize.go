@@ -6,11 +6,12 @@ import (
 	"image"
 	"image/color"
 	"image/gif"
-	"image/jpeg"
 	"image/png"
 	"math/bits"
 	"slices"
 	"sync"
+
+	"github.com/imashproject/imash/adapters/internal/jpegscale"
 )
 
 // Media types produced by the built-in characterizers.
@@ -177,10 +178,12 @@ func (JPEGCharacterizer) Sniff(data []byte) bool {
 	return bytes.HasPrefix(data, []byte{0xFF, 0xD8, 0xFF})
 }
 
-// Characterize implements Characterizer.
+// Characterize implements Characterizer. The header is read by the same
+// parser that decodes, so the dimensions checked against maxPixels are
+// the ones the decoder allocates for.
 func (JPEGCharacterizer) Characterize(data []byte, maxPixels int64) (Attributes, error) {
 	return rasterAttributes(data, MediaJPEG, maxPixels, func(b []byte) (image.Config, error) {
-		return jpeg.DecodeConfig(bytes.NewReader(b))
+		return jpegscale.DecodeConfig(bytes.NewReader(b))
 	})
 }
 

@@ -8,6 +8,8 @@ import (
 	"image/jpeg"
 	"image/png"
 	"io"
+
+	"github.com/imashproject/imash/adapters/internal/jpegscale"
 )
 
 // Codec decodes and encodes one raster format. Planning chooses output
@@ -22,16 +24,25 @@ type Codec struct {
 	SupportsAlpha bool
 	// Decode decodes the first (or only) frame.
 	Decode func(r io.Reader) (image.Image, error)
+	// DecodeScaled, if not nil, decodes at 1/denom of the full size in
+	// each dimension, rounded up, for denom 2, 4 or 8: far cheaper than
+	// Decode followed by a resize when the output is much smaller than
+	// the source. The decode step uses it when a resize follows; the
+	// result must be at least as good as Decode plus a box downscale.
+	DecodeScaled func(r io.Reader, denom int) (image.Image, error)
 	// Encode writes img; quality is ignored unless SupportsQuality.
 	Encode func(w io.Writer, img image.Image, quality int) error
 }
 
-// DefaultCodecs returns the built-in JPEG, PNG and GIF codecs.
+// DefaultCodecs returns the built-in JPEG, PNG and GIF codecs. JPEG
+// decodes with a fork of image/jpeg that can also decode at 1/2, 1/4 and
+// 1/8 scale; encoding uses image/jpeg.
 func DefaultCodecs() []Codec {
 	return []Codec{
 		{
 			MediaType: MediaJPEG, SupportsQuality: true,
-			Decode: jpeg.Decode,
+			Decode:       jpegscale.Decode,
+			DecodeScaled: jpegscale.DecodeScaled,
 			Encode: func(w io.Writer, img image.Image, q int) error {
 				return jpeg.Encode(w, fastJPEGInput(img), &jpeg.Options{Quality: q})
 			},

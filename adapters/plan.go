@@ -25,7 +25,10 @@ type Command struct {
 	Name string
 	// Format is the output media type (convert, encode, reencode).
 	Format string
-	// Width and Height are the target size (resize) or display (geometry).
+	// Width and Height are the target size (resize) or display
+	// (geometry). For decode they are the size the following resize
+	// needs (0 when none follows): a codec able to decode at a reduced
+	// scale may decode to no less than that.
 	Width, Height int
 	// Bits is bits per channel (recolor); Gray converts to grayscale.
 	Bits int
@@ -88,7 +91,8 @@ func (p Plan) Names() []string {
 //     command changed the pixels (needs "reencode"); otherwise encode at
 //     DefaultQuality if an earlier command ran.
 //
-// A non-empty raster plan starts with decode.
+// A non-empty raster plan starts with decode, which carries the resize
+// target (if any) so that the decoder may reduce the image as it decodes.
 func (a *Adapter) Plan(attrs Attributes, caps Capabilities, c profiles.Constraints) (Plan, error) {
 	if c.NoAdaptation {
 		return nil, nil
@@ -134,7 +138,13 @@ func (a *Adapter) Plan(attrs Attributes, caps Capabilities, c profiles.Constrain
 	default:
 		return nil, nil
 	}
-	return append(Plan{{Name: CmdDecode, Format: attrs.Format}}, cmds...), nil
+	decode := Command{Name: CmdDecode, Format: attrs.Format}
+	for _, cmd := range cmds {
+		if cmd.Name == CmdResize {
+			decode.Width, decode.Height = cmd.Width, cmd.Height
+		}
+	}
+	return append(Plan{decode}, cmds...), nil
 }
 
 func (a *Adapter) pickCodec(formats []string, alpha bool) *Codec {

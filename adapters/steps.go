@@ -13,7 +13,7 @@ import (
 func stepFor(cmd Command) (Step, error) {
 	switch cmd.Name {
 	case CmdDecode:
-		return decodeStep, nil
+		return decodeStep(cmd), nil
 	case CmdConvert:
 		return convertStep(cmd), nil
 	case CmdResize:
@@ -31,19 +31,56 @@ func stepFor(cmd Command) (Step, error) {
 }
 
 // decodeStep decodes Src with the codec of its characterized format. The
-// characterizer has already checked the pixel limit.
-func decodeStep(pc *Context) error {
-	k := pc.codecs[pc.Attrs.Format]
-	if k == nil {
-		return &UnsupportedError{Format: pc.Attrs.Format, Reason: "no decoder"}
+// characterizer has already checked the pixel limit. When cmd carries a
+// resize target at most half the source size and the codec can decode
+// scaled, it decodes at the largest denominator that still yields at
+// least the target size (shown as "decode(1/8)"); the resize step
+// finishes the job.
+func decodeStep(cmd Command) Step {
+	return func(pc *Context) error {
+		k := pc.codecs[pc.Attrs.Format]
+		if k == nil {
+			return &UnsupportedError{Format: pc.Attrs.Format, Reason: "no decoder"}
+		}
+		denom := 1
+		if k.DecodeScaled != nil {
+			denom = scaleDenom(pc.Attrs.Width, pc.Attrs.Height, cmd.Width, cmd.Height)
+		}
+		var (
+			img image.Image
+			err error
+		)
+		if denom > 1 {
+			img, err = k.DecodeScaled(bytes.NewReader(pc.Src), denom)
+		} else {
+			img, err = k.Decode(bytes.NewReader(pc.Src))
+		}
+		if err != nil {
+			return &DecodeError{Format: pc.Attrs.Format, Err: err}
+		}
+		pc.Image, pc.Codec = img, k
+		if denom > 1 {
+			pc.Applied = append(pc.Applied, fmt.Sprintf("%s(1/%d)", CmdDecode, denom))
+		} else {
+			pc.Applied = append(pc.Applied, CmdDecode)
+		}
+		return nil
 	}
-	img, err := k.Decode(bytes.NewReader(pc.Src))
-	if err != nil {
-		return &DecodeError{Format: pc.Attrs.Format, Err: err}
+}
+
+// scaleDenom returns the largest of 8, 4 and 2 that reduces a w x h source
+// (each side rounded up) to no less than tw x th, or 1 when the target is
+// unset or more than half the source in either dimension.
+func scaleDenom(w, h, tw, th int) int {
+	if tw <= 0 || th <= 0 || 2*tw > w || 2*th > h {
+		return 1
 	}
-	pc.Image, pc.Codec = img, k
-	pc.Applied = append(pc.Applied, CmdDecode)
-	return nil
+	for _, d := range []int{8, 4, 2} {
+		if (w+d-1)/d >= tw && (h+d-1)/d >= th {
+			return d
+		}
+	}
+	return 1
 }
 
 func convertStep(cmd Command) Step {
