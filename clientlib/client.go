@@ -10,17 +10,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/imashproject/imash/internal/grpcbuf"
 	"github.com/imashproject/imash/internal/pki"
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 )
@@ -47,17 +42,23 @@ type Config struct {
 var ErrNotLoggedIn = errors.New("clientlib: not logged in")
 
 // Client is a device's connection to an MWS. It is safe for concurrent use.
+// When the cluster moves one of its sessions to another MWS (MASH), the
+// Client follows by itself: it connects there (resuming TLS with the
+// cluster's shared session tickets), presents the move token, and the
+// session's calls and streams go on there.
 type Client struct {
 	cfg Config
-	cc  *grpc.ClientConn
-	api mwsv1.DeviceClient
+	tls *tls.Config // shared by every route: one TLS session cache
 	log *slog.Logger
 
-	mu     sync.RWMutex
-	cred   string
-	user   string
-	mws    string
-	device string
+	mu       sync.RWMutex
+	home     *route // the MWS logged in to, or the one sessions moved to
+	routes   map[string]*route
+	user     string
+	device   string
+	peers    []*mwsv1.MWSAddr
+	sessions map[string]*Session
+	stats    MoveStats
 }
 
 // Dial connects to the MWS at addr. The TLS handshake happens on first use.
@@ -72,46 +73,43 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{cfg: cfg, log: log}
-	opts := append(grpcbuf.DialOptions(),
-		grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(cfg.Certificate, cfg.Roots, pki.RoleMWS))),
-		grpc.WithPerRPCCredentials(bearer{c}),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20)))
-	cc, err := grpc.NewClient(addr, opts...)
+	t := pki.ClientTLS(cfg.Certificate, cfg.Roots, pki.RoleMWS)
+	// One server name for every MWS, so that a session ticket from one
+	// resumes on another (MWSs share ticket keys).
+	t.ServerName = "mws.imash"
+	t.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+	c := &Client{cfg: cfg, tls: t, log: log, routes: map[string]*route{}, sessions: map[string]*Session{}}
+	r, err := c.dialRoute(addr)
 	if err != nil {
-		return nil, fmt.Errorf("clientlib: dial %s: %w", addr, err)
+		return nil, err
 	}
-	c.cc = cc
-	c.api = mwsv1.NewDeviceClient(cc)
+	c.home = r
 	return c, nil
 }
 
-// Close closes the connection. Sessions stay at the MWS.
-func (c *Client) Close() error { return c.cc.Close() }
-
-// bearer attaches the login credential to every call.
-type bearer struct{ c *Client }
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	b.c.mu.RLock()
-	defer b.c.mu.RUnlock()
-	if b.c.cred == "" {
-		return nil, nil
+// Close closes the connections. Sessions stay at the MWSs.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for a, r := range c.routes {
+		errs = append(errs, r.cc.Close())
+		delete(c.routes, a)
 	}
-	return map[string]string{"authorization": "Bearer " + b.c.cred}, nil
+	return errors.Join(errs...)
 }
-
-func (bearer) RequireTransportSecurity() bool { return true }
 
 // Login authenticates user with password on this device.
 func (c *Client) Login(ctx context.Context, user, password string) error {
-	r, err := c.api.Login(ctx, &mwsv1.LoginRequest{User: user, Password: password, Profiles: c.cfg.Profiles})
+	home := c.homeRoute()
+	r, err := home.api.Login(ctx, &mwsv1.LoginRequest{User: user, Password: password, Profiles: c.cfg.Profiles})
 	if err != nil {
 		return err
 	}
+	home.setCred(r.Credential)
 	c.mu.Lock()
-	c.cred, c.user, c.mws, c.device = r.Credential, user, r.Mws, r.Device
+	home.setName(r.Mws)
+	c.user, c.device, c.peers = user, r.Device, r.Peers
 	c.mu.Unlock()
 	c.log.Info("logged in", "user", user, "mws", r.Mws, "device", r.Device)
 	return nil
@@ -119,18 +117,15 @@ func (c *Client) Login(ctx context.Context, user, password string) error {
 
 // Logout revokes the credential.
 func (c *Client) Logout(ctx context.Context) error {
-	_, err := c.api.Logout(ctx, &mwsv1.LogoutRequest{})
-	c.mu.Lock()
-	c.cred = ""
-	c.mu.Unlock()
+	home := c.homeRoute()
+	_, err := home.api.Logout(ctx, &mwsv1.LogoutRequest{})
+	home.setCred("")
 	return err
 }
 
 // MWS is the name of the MWS this client is logged in to.
 func (c *Client) MWS() string {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.mws
+	return c.homeRoute().name()
 }
 
 // Device is this device's name as the MWS saw it.
@@ -141,9 +136,7 @@ func (c *Client) Device() string {
 }
 
 func (c *Client) loggedIn() error {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.cred == "" {
+	if c.homeRoute().credential() == "" {
 		return ErrNotLoggedIn
 	}
 	return nil
@@ -161,7 +154,7 @@ func (c *Client) Backends(ctx context.Context) ([]Backend, error) {
 	if err := c.loggedIn(); err != nil {
 		return nil, err
 	}
-	r, err := c.api.ListBackends(ctx, &mwsv1.ListBackendsRequest{})
+	r, err := c.homeRoute().api.ListBackends(ctx, &mwsv1.ListBackendsRequest{})
 	if err != nil {
 		return nil, err
 	}
@@ -182,11 +175,20 @@ func (c *Client) OpenSession(ctx context.Context, app string, labels ...string) 
 	if err := c.loggedIn(); err != nil {
 		return nil, err
 	}
-	r, err := c.api.OpenSession(ctx, &mwsv1.OpenSessionRequest{App: app, Labels: labels})
+	home := c.homeRoute()
+	r, err := home.api.OpenSession(ctx, &mwsv1.OpenSessionRequest{App: app, Labels: labels})
 	if err != nil {
 		return nil, err
 	}
-	return &Session{c: c, id: r.SessionId, app: app, key: r.SessionKey}, nil
+	s := &Session{c: c, id: r.SessionId, app: app, key: r.SessionKey, r: home}
+	c.track(s)
+	if r.Moved != nil {
+		// Admission placed the session on a less loaded MWS.
+		if err := s.follow(ctx, r.Moved, home); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // SessionInfo describes a session at the MWS.
@@ -205,7 +207,7 @@ func (c *Client) Sessions(ctx context.Context) ([]SessionInfo, error) {
 	if err := c.loggedIn(); err != nil {
 		return nil, err
 	}
-	r, err := c.api.ListSessions(ctx, &mwsv1.ListSessionsRequest{})
+	r, err := c.homeRoute().api.ListSessions(ctx, &mwsv1.ListSessionsRequest{})
 	if err != nil {
 		return nil, err
 	}
@@ -231,17 +233,12 @@ func (c *Client) Events(ctx context.Context, f func(Event)) error {
 	if err := c.loggedIn(); err != nil {
 		return err
 	}
-	st, err := c.api.Events(ctx, &mwsv1.EventsRequest{})
-	if err != nil {
-		return err
-	}
-	for {
-		ev, err := st.Recv()
-		if err != nil {
-			return err
+	return c.eventLoop(ctx, func(ev *mwsv1.Event) error {
+		if ev.GetConnected() != nil || ev.GetNotice() != nil {
+			f(Event{Time: time.Unix(0, ev.UnixNano), Connected: ev.GetConnected(), Notice: ev.GetNotice()})
 		}
-		f(Event{Time: time.Unix(0, ev.UnixNano), Connected: ev.GetConnected(), Notice: ev.GetNotice()})
-	}
+		return nil
+	})
 }
 
 // Session is an application session.
@@ -250,7 +247,10 @@ type Session struct {
 	id  string
 	app string
 
+	followMu sync.Mutex // one follow at a time
+
 	mu        sync.RWMutex
+	r         *route // the MWS holding the session
 	key       string // rotates at every handoff
 	conns     map[*Conn]struct{}
 	provider  SavepointFunc
@@ -279,11 +279,27 @@ func (s *Session) ctx(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "imash-session-key", s.key)
 }
 
+// route returns the MWS holding the session.
+func (s *Session) route() *route {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.r
+}
+
+// MWS is the name of the MWS holding the session now.
+func (s *Session) MWS() string { return s.route().name() }
+
 // ID is the session's id at the MWS.
 func (s *Session) ID() string { return s.id }
 
 // Close ends the session at the MWS and closes its legacy streams.
 func (s *Session) Close(ctx context.Context) error {
-	_, err := s.c.api.CloseSession(s.ctx(ctx), &mwsv1.CloseSessionRequest{SessionId: s.id})
+	err := s.retry(ctx, func(r *route) error {
+		_, err := r.api.CloseSession(s.ctx(ctx), &mwsv1.CloseSessionRequest{SessionId: s.id})
+		return err
+	})
+	if err == nil {
+		s.c.untrackSession(s)
+	}
 	return err
 }

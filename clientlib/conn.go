@@ -7,9 +7,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
+	"github.com/imashproject/imash/internal/rpcerr"
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 )
 
@@ -28,11 +32,24 @@ type Conn struct {
 	s        *Session
 	backend  string
 	streamID string
-	cancel   context.CancelFunc
-	st       mwsv1.Device_StreamClient
+	// base is the context of the Conn's calls, for as long as it lives
+	// (Close and Detach cancel it); a call made again after a move uses it.
+	base   context.Context
+	cancel context.CancelFunc
 
-	sendMu sync.Mutex
-	upNext uint64
+	writeMu sync.Mutex // orders Writes
+
+	sendMu    sync.Mutex
+	st        mwsv1.Device_StreamClient
+	upNext    uint64
+	closeWrOn bool // CloseWrite was sent: sent again after a move
+
+	// retained are the written bytes the mux has not yet accepted: they
+	// are sent again when the stream moves to another MWS.
+	retMu    sync.Mutex
+	retained []upChunk
+	retBytes int
+	stopped  bool // Close, Detach or release: no more moves
 
 	ackMu   sync.Mutex
 	upAcked uint64        // up bytes the mux has accepted
@@ -47,7 +64,8 @@ type Conn struct {
 	queue    []*mwsv1.StreamResponse
 	qWake    chan struct{} // closed and replaced when the queue grows or ends
 	recvDone chan struct{}
-	recvErr  error // valid after recvDone
+	recvErr  error  // valid after recvDone
+	recvNext uint64 // end of the down bytes received (recvLoop only)
 
 	readMu  sync.Mutex
 	buf     []byte
@@ -76,10 +94,48 @@ func (s *Session) Resume(ctx context.Context, streamID string, offset uint64) (*
 	return s.openStream(ctx, &mwsv1.StreamOpen{SessionId: s.id, StreamId: streamID, ResumeOffset: offset}, "")
 }
 
+// upChunk is written bytes at an up offset.
+type upChunk struct {
+	off  uint64
+	data []byte
+}
+
+// maxRetained bounds the written bytes a Conn keeps until the mux accepts
+// them: Write waits beyond it.
+const maxRetained = 4 << 20
+
 func (s *Session) openStream(ctx context.Context, open *mwsv1.StreamOpen, backend string) (*Conn, error) {
 	sctx, cancel := context.WithCancel(context.Background())
 	stop := context.AfterFunc(ctx, cancel)
-	st, err := s.c.api.Stream(s.ctx(sctx))
+	var st mwsv1.Device_StreamClient
+	var op *mwsv1.StreamOpened
+	err := s.retry(ctx, func(r *route) error {
+		var err error
+		st, op, err = s.openAt(sctx, r, open)
+		return err
+	})
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	c := &Conn{
+		s: s, backend: backend, streamID: op.StreamId, base: sctx, cancel: cancel, st: st, recvNext: op.DownOffset,
+		upNext: op.UpOffset, upAcked: op.UpOffset, ackWake: make(chan struct{}), next: op.DownOffset, acked: op.DownOffset,
+		qWake: make(chan struct{}), recvDone: make(chan struct{}), dlChange: make(chan struct{}), unpause: make(chan struct{}),
+	}
+	go c.recvLoop(st)
+	s.track(c)
+	return c, nil
+}
+
+// openAt opens (or attaches again to) a stream at the MWS of r.
+func (s *Session) openAt(ctx context.Context, r *route, open *mwsv1.StreamOpen) (mwsv1.Device_StreamClient, *mwsv1.StreamOpened, error) {
+	// The call lives as long as ctx (the Conn's base context); a call that
+	// fails here has ended already.
+	st, err := r.api.Stream(s.ctx(ctx))
 	if err == nil {
 		err = st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: open}})
 		if errors.Is(err, io.EOF) {
@@ -90,26 +146,125 @@ func (s *Session) openStream(ctx context.Context, open *mwsv1.StreamOpen, backen
 	if err == nil {
 		first, err = st.Recv()
 	}
-	if !stop() {
-		err = errors.Join(err, ctx.Err())
-	}
 	if err != nil {
-		cancel()
-		return nil, err
+		return nil, nil, err
 	}
 	op := first.GetOpened()
 	if op == nil {
-		cancel()
-		return nil, errors.New("clientlib: stream: first message is not Opened")
+		return nil, nil, errors.New("clientlib: stream: first message is not Opened")
 	}
-	c := &Conn{
-		s: s, backend: backend, streamID: op.StreamId, cancel: cancel, st: st,
-		upNext: op.UpOffset, upAcked: op.UpOffset, ackWake: make(chan struct{}), next: op.DownOffset, acked: op.DownOffset,
-		qWake: make(chan struct{}), recvDone: make(chan struct{}), dlChange: make(chan struct{}), unpause: make(chan struct{}),
+	return st, op, nil
+}
+
+// movable reports whether err ends a stream that goes on elsewhere: the
+// session or the stream moved, or the MWS went away.
+func movable(err error) bool {
+	switch rpcerr.Reason(err) {
+	case "STREAM_MOVED", "SESSION_MOVED", "SESSION_MOVING",
+		// A key that rotated while the call was made (reattach tries a
+		// bounded number of times).
+		"BAD_SESSION_KEY":
+		return true
+	case "":
+		return rpcerr.Code(err) == codes.Unavailable
 	}
-	go c.recvLoop()
-	s.track(c)
-	return c, nil
+	return false
+}
+
+// reattach continues the stream after cause ended its call: it follows the
+// session if it moved, attaches again from the last byte received, and
+// sends again the written bytes the mux has not accepted. It returns the
+// new call, or nil when the stream cannot go on.
+func (c *Conn) reattach(cause error) mwsv1.Device_StreamClient {
+	backoff := 10 * time.Millisecond
+	for attempt := 0; attempt < 8 && movable(cause); attempt++ {
+		if c.isStopped() {
+			return nil
+		}
+		r := c.s.route()
+		if c.s.recover(c.base, cause, r) {
+			r = c.s.route()
+		}
+		st, op, err := c.s.openAt(c.base, r, &mwsv1.StreamOpen{SessionId: c.s.id, StreamId: c.streamID, ResumeOffset: c.recvNext})
+		if err == nil {
+			c.resend(st, op.UpOffset)
+			c.s.c.log.Info("stream attached again", "session", c.s.id, "stream", c.streamID, "mws", r.name(), "down_offset", c.recvNext, "up_offset", op.UpOffset)
+			return st
+		}
+		cause = err
+		if moveTarget(err) != nil {
+			continue // follow at once
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-c.base.Done():
+			t.Stop()
+			return nil
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+	return nil
+}
+
+// resend makes st the Conn's call and sends on it the retained bytes from
+// the mux's accepted offset up on, and the half-close if one was asked.
+func (c *Conn) resend(st mwsv1.Device_StreamClient, accepted uint64) {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	c.st = st
+	c.noteUpAck(accepted)
+	c.retMu.Lock()
+	chunks := slices.Clone(c.retained)
+	c.retMu.Unlock()
+	for _, ch := range chunks {
+		if ch.off+uint64(len(ch.data)) <= accepted {
+			continue
+		}
+		data, off := ch.data, ch.off
+		if off < accepted {
+			data, off = data[accepted-off:], accepted
+		}
+		if err := st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Data{Data: &mwsv1.StreamData{Offset: off, Data: data}}}); err != nil {
+			return // the new call failed too: recvLoop sees why
+		}
+	}
+	if c.closeWrOn {
+		_ = st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_CloseWrite{CloseWrite: &mwsv1.StreamCloseWrite{Offset: c.upNext}}})
+	}
+}
+
+// noteUpAck records that the mux accepted every up byte before off and
+// drops them from the retained bytes.
+func (c *Conn) noteUpAck(off uint64) {
+	c.ackMu.Lock()
+	if off > c.upAcked {
+		c.upAcked = off
+		close(c.ackWake)
+		c.ackWake = make(chan struct{})
+	}
+	c.ackMu.Unlock()
+	c.retMu.Lock()
+	i := 0
+	for i < len(c.retained) && c.retained[i].off+uint64(len(c.retained[i].data)) <= off {
+		c.retBytes -= len(c.retained[i].data)
+		c.retained[i] = upChunk{}
+		i++
+	}
+	c.retained = c.retained[i:]
+	c.retMu.Unlock()
+}
+
+func (c *Conn) isStopped() bool {
+	c.retMu.Lock()
+	defer c.retMu.Unlock()
+	return c.stopped
+}
+
+func (c *Conn) stop() {
+	c.retMu.Lock()
+	c.stopped = true
+	c.retMu.Unlock()
 }
 
 // StreamID identifies the stream within its session (for Resume).
@@ -126,7 +281,7 @@ func (c *Conn) Offsets() (read, written uint64) {
 	return read, written
 }
 
-func (c *Conn) recvLoop() {
+func (c *Conn) recvLoop(st mwsv1.Device_StreamClient) {
 	defer func() {
 		c.qMu.Lock()
 		close(c.recvDone)
@@ -135,22 +290,25 @@ func (c *Conn) recvLoop() {
 		c.qMu.Unlock()
 	}()
 	for {
-		m, err := c.st.Recv()
+		m, err := st.Recv()
 		if err != nil {
+			if movable(err) && !c.isStopped() {
+				if nst := c.reattach(err); nst != nil {
+					st = nst
+					continue
+				}
+			}
 			if !errors.Is(err, io.EOF) {
 				c.recvErr = err
 			}
 			return
 		}
 		if a := m.GetUpAck(); a != nil {
-			c.ackMu.Lock()
-			if a.Offset > c.upAcked {
-				c.upAcked = a.Offset
-				close(c.ackWake)
-				c.ackWake = make(chan struct{})
-			}
-			c.ackMu.Unlock()
+			c.noteUpAck(a.Offset)
 			continue
+		}
+		if d := m.GetData(); d != nil {
+			c.recvNext = d.Offset + uint64(len(d.Data))
 		}
 		c.qMu.Lock()
 		c.queue = append(c.queue, m)
@@ -328,15 +486,26 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if err := c.waitRunning(); err != nil {
 		return 0, err
 	}
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
 	written := 0
 	for written < len(p) {
 		n := min(len(p)-written, maxChunk)
-		if err := c.st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Data{Data: &mwsv1.StreamData{Offset: c.upNext, Data: p[written : written+n]}}}); err != nil {
+		if err := c.waitRoom(n); err != nil {
 			return written, err
 		}
+		data := slices.Clone(p[written : written+n])
+		c.sendMu.Lock()
+		off := c.upNext
+		c.retMu.Lock()
+		c.retained = append(c.retained, upChunk{off: off, data: data})
+		c.retBytes += n
+		c.retMu.Unlock()
+		// A failed send is not the caller's error: the bytes are retained
+		// and sent again when the stream goes on (recvLoop decides).
+		_ = c.st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Data{Data: &mwsv1.StreamData{Offset: off, Data: data}}})
 		c.upNext += uint64(n)
+		c.sendMu.Unlock()
 		written += n
 	}
 	return written, nil
@@ -345,9 +514,21 @@ func (c *Conn) Write(p []byte) (int, error) {
 // CloseWrite half-closes towards the legacy server after every byte
 // written so far; reading goes on.
 func (c *Conn) CloseWrite() error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
-	return c.st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_CloseWrite{CloseWrite: &mwsv1.StreamCloseWrite{Offset: c.upNext}}})
+	c.closeWrOn = true
+	// Like Write: a failed send is repeated when the stream goes on.
+	_ = c.st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_CloseWrite{CloseWrite: &mwsv1.StreamCloseWrite{Offset: c.upNext}}})
+	select {
+	case <-c.recvDone:
+		if c.recvErr != nil {
+			return c.recvErr
+		}
+	default:
+	}
+	return nil
 }
 
 // Close closes the legacy connection and waits (up to 10 s) for the MWS to
@@ -355,6 +536,7 @@ func (c *Conn) CloseWrite() error {
 func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		c.stop()
 		defer c.s.untrack(c)
 		defer c.cancel()
 		if err = c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Close{Close: &mwsv1.StreamClose{}}}); err != nil {
@@ -387,6 +569,7 @@ func (c *Conn) Close() error {
 // Detach ends this connection to the stream without closing the legacy
 // connection; Resume attaches again.
 func (c *Conn) Detach() {
+	c.stop()
 	c.cancel()
 	c.s.untrack(c)
 }
@@ -491,3 +674,26 @@ type streamAddr string
 
 func (a streamAddr) Network() string { return "imash" }
 func (a streamAddr) String() string  { return string(a) }
+
+// waitRoom waits until n more bytes may be retained, or the stream ended.
+func (c *Conn) waitRoom(n int) error {
+	for {
+		c.ackMu.Lock()
+		wake := c.ackWake
+		c.ackMu.Unlock()
+		c.retMu.Lock()
+		room := c.retBytes == 0 || c.retBytes+n <= maxRetained
+		c.retMu.Unlock()
+		if room {
+			return nil
+		}
+		select {
+		case <-wake:
+		case <-c.recvDone:
+			if c.recvErr != nil {
+				return c.recvErr
+			}
+			return io.ErrClosedPipe
+		}
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 
+	"google.golang.org/grpc/status"
+
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 )
 
@@ -56,9 +58,24 @@ func (s *Session) Get(ctx context.Context, backend, path string, opts ...GetOpti
 	for _, o := range opts {
 		o(req)
 	}
+	var obj *Object
+	err := s.retry(ctx, func(r *route) error {
+		var err error
+		obj, err = s.get(ctx, r, req)
+		return err
+	})
+	if err != nil && ctx.Err() != nil {
+		// The caller's deadline or cancellation, whatever the MWS saw.
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	return obj, err
+}
+
+func (s *Session) get(ctx context.Context, r *route, req *mwsv1.GetRequest) (*Object, error) {
+	backend, path := req.Backend, req.Path
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := s.c.api.Get(s.ctx(ctx), req)
+	st, err := r.api.Get(s.ctx(ctx), req)
 	if err != nil {
 		return nil, err
 	}

@@ -100,7 +100,7 @@ func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOpt
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	hs, err := s.c.api.Handoff(s.ctx(ctx))
+	hs, err := s.route().api.Handoff(s.ctx(ctx))
 	if err != nil {
 		return nil, err
 	}

@@ -80,10 +80,6 @@ func (c *Client) Serve(ctx context.Context, t Target) error {
 	if err := c.loggedIn(); err != nil {
 		return err
 	}
-	st, err := c.api.Events(ctx, &mwsv1.EventsRequest{})
-	if err != nil {
-		return err
-	}
 	var mu sync.Mutex
 	// The resume token of each accepted offer. The summary can arrive
 	// before AnswerOffer has returned the token, so its entry is made when
@@ -96,14 +92,7 @@ func (c *Client) Serve(ctx context.Context, t Target) error {
 			t.Failed(id, err)
 		}
 	}
-	for {
-		ev, err := st.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) || ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return err
-		}
+	err := c.eventLoop(ctx, func(ev *mwsv1.Event) error {
 		switch m := ev.Msg.(type) {
 		case *mwsv1.Event_Offer:
 			o := m.Offer
@@ -119,7 +108,7 @@ func (c *Client) Serve(ctx context.Context, t Target) error {
 				if t.Accept != nil {
 					ok, reason = t.Accept(Offer{HandoffID: o.HandoffId, User: o.User, App: o.App, Labels: o.Labels, FromDevice: o.FromDevice, Expires: time.Unix(0, o.ExpiresUnixNano)})
 				}
-				r, err := c.api.AnswerOffer(ctx, &mwsv1.AnswerOfferRequest{Token: o.Token, Accept: ok, Reason: reason})
+				r, err := c.homeRoute().api.AnswerOffer(ctx, &mwsv1.AnswerOfferRequest{Token: o.Token, Accept: ok, Reason: reason})
 				if err != nil || !ok {
 					// No summary will follow.
 					mu.Lock()
@@ -171,13 +160,19 @@ func (c *Client) Serve(ctx context.Context, t Target) error {
 				}
 			}()
 		}
+		return nil
+	})
+	if errors.Is(err, io.EOF) || ctx.Err() != nil {
+		return ctx.Err()
 	}
+	return err
 }
 
 // resume fetches the selected elements with a resume token and returns the
 // session now owned by this device.
 func (c *Client) resume(ctx context.Context, token string, sel []string) (*Resumed, error) {
-	st, err := c.api.Resume(ctx, &mwsv1.ResumeRequest{Token: token, Select: sel})
+	home := c.homeRoute()
+	st, err := home.api.Resume(ctx, &mwsv1.ResumeRequest{Token: token, Select: sel})
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +191,8 @@ func (c *Client) resume(ctx context.Context, token string, sel []string) (*Resum
 			continue
 		}
 		if done := m.GetResumed(); done != nil {
-			r.Session = &Session{c: c, id: done.SessionId, app: done.App, key: done.SessionKey}
+			r.Session = &Session{c: c, id: done.SessionId, app: done.App, key: done.SessionKey, r: home}
+			c.track(r.Session)
 			r.Labels = done.Labels
 			r.Timings = timingsFrom(done.Timings)
 			return r, nil
@@ -218,7 +214,7 @@ func (c *Client) Devices(ctx context.Context) ([]DeviceInfo, error) {
 	if err := c.loggedIn(); err != nil {
 		return nil, err
 	}
-	r, err := c.api.ListDevices(ctx, &mwsv1.ListDevicesRequest{})
+	r, err := c.homeRoute().api.ListDevices(ctx, &mwsv1.ListDevicesRequest{})
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +232,7 @@ func (c *Client) Reclaim(ctx context.Context, sessionID string) (*Resumed, error
 	if err := c.loggedIn(); err != nil {
 		return nil, err
 	}
-	r, err := c.api.Reclaim(ctx, &mwsv1.ReclaimRequest{SessionId: sessionID})
+	r, err := c.homeRoute().api.Reclaim(ctx, &mwsv1.ReclaimRequest{SessionId: sessionID})
 	if err != nil {
 		return nil, err
 	}

@@ -97,7 +97,10 @@ func principalFrom(ctx context.Context) principal {
 // puts the principal into the context. The device certificate itself was
 // already checked by the RequireRoles interceptor.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
-	if method == mwsv1.Device_Login_FullMethodName {
+	switch {
+	case method == mwsv1.Device_Login_FullMethodName, method == mwsv1.Device_MoveIn_FullMethodName,
+		method == mwsv1.Device_Ping_FullMethodName, !strings.HasPrefix(method, "/imash.mws.v1.Device/"):
+		// Peers and operators are authenticated by their certificates.
 		return ctx, nil
 	}
 	id, _ := pki.IdentityFrom(ctx)
@@ -142,12 +145,41 @@ func (c *ctxStream) Context() context.Context { return c.ctx }
 const sessionKeyHeader = "imash-session-key"
 
 // session returns the session id of the calling principal, checking the
-// session key the call carries.
+// session key the call carries. While the session is being moved to
+// another MWS the call waits: it then goes on here (the move failed) or
+// gets SESSION_MOVED with where to (it succeeded).
 func (s *Server) session(ctx context.Context, id string) (*session, error) {
+	ss, err := s.sessionCall(ctx, id, false)
+	return ss, err
+}
+
+// sessionCall is session; with count set, the call is counted as in
+// flight (a move waits for it to finish) and the caller must call
+// ss.endCall.
+func (s *Server) sessionCall(ctx context.Context, id string, count bool) (*session, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	var key string
 	if v := md.Get(sessionKeyHeader); len(v) == 1 {
 		key = v[0]
 	}
-	return s.sessions.get(principalFrom(ctx), id, key)
+	for {
+		ss, err := s.sessions.get(principalFrom(ctx), id, key)
+		if err != nil {
+			return nil, err
+		}
+		ss.mu.Lock()
+		mv := ss.move
+		if mv == nil && count {
+			ss.inflight++
+		}
+		ss.mu.Unlock()
+		if mv == nil {
+			return ss, nil
+		}
+		select {
+		case <-mv.done:
+		case <-ctx.Done():
+			return nil, rpcerr.New(codes.Unavailable, "SESSION_MOVING", "session %s is being moved to another MWS", id)
+		}
+	}
 }

@@ -88,6 +88,11 @@ type Config struct {
 	VariantCacheBytes int64
 	// MaxProfiles bounds the profile documents a device gives at login.
 	MaxProfiles int
+	// ProbeInterval is how often the MWS measures each device's round-trip
+	// time with a Probe on its Events channel (and once as the channel
+	// opens); 0 turns probing off. Goodput is measured on large transfers
+	// regardless. See NetworkOf.
+	ProbeInterval time.Duration
 	// ConsentTimeout bounds the wait for an online target's consent;
 	// ParkExpiry how long a handoff to an offline device stays parked.
 	ConsentTimeout time.Duration
@@ -101,6 +106,9 @@ type Config struct {
 	MaxSavepointElements int
 	MaxSavepointBytes    int
 	MaxElementBytes      int
+
+	// Cluster configures membership, MASH, FASH, balancing and drain.
+	Cluster ClusterConfig
 }
 
 // NewDefaultConfig returns production defaults (no name, TLS, mux or
@@ -132,6 +140,8 @@ func NewDefaultConfig() Config {
 		MaxElementBytes:      3 << 20,
 		VariantCacheBytes:    128 << 20,
 		MaxProfiles:          8,
+		ProbeInterval:        5 * time.Second,
+		Cluster:              NewDefaultClusterConfig(),
 	}
 }
 
@@ -198,6 +208,12 @@ func (c Config) Validate() error {
 	}
 	if c.HTTPTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("HTTPTimeout %v: want > 0", c.HTTPTimeout))
+	}
+	if err := c.Cluster.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("cluster: %w", err))
+	}
+	if c.ProbeInterval != 0 && c.ProbeInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("ProbeInterval %v: want 0 (off) or at least 100ms", c.ProbeInterval))
 	}
 	return errors.Join(errs...)
 }

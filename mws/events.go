@@ -87,6 +87,9 @@ func (d *deviceService) Events(_ *mwsv1.EventsRequest, out mwsv1.Device_EventsSe
 	// Online now: parked handoffs for this device are offered again.
 	d.s.registry.online(p.user, p.device, true)
 	defer d.s.registry.online(p.user, p.device, false)
+	defer d.s.netmeter.startProbes(p.device)()
+	d.s.presence(p.user, p.device, true)
+	defer d.s.presence(p.user, p.device, false)
 	for {
 		select {
 		case ev := <-sub.ch:
@@ -99,4 +102,11 @@ func (d *deviceService) Events(_ *mwsv1.EventsRequest, out mwsv1.Device_EventsSe
 			return out.Context().Err()
 		}
 	}
+}
+
+// has reports whether device holds an event channel.
+func (h *eventHub) has(device string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.devices[device] != nil
 }

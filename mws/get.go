@@ -26,10 +26,11 @@ func (d *deviceService) Get(req *mwsv1.GetRequest, out mwsv1.Device_GetServer) e
 	s := d.s
 	ctx := out.Context()
 	p := principalFrom(ctx)
-	ss, err := s.session(ctx, req.GetSessionId())
+	ss, err := s.sessionCall(ctx, req.GetSessionId(), true)
 	if err != nil {
 		return err
 	}
+	defer ss.endCall()
 	if !s.http[req.GetBackend()] {
 		return rpcerr.New(codes.NotFound, "UNKNOWN_BACKEND", "no HTTP backend named %q", req.GetBackend())
 	}
@@ -85,6 +86,7 @@ func (d *deviceService) Get(req *mwsv1.GetRequest, out mwsv1.Device_GetServer) e
 		return err
 	}
 	if res.Object != nil {
+		s.netmeter.sendingBody(ctx, p.device, len(body)) // goodput, while the body travels
 		for len(body) > 0 {
 			n := min(len(body), s.cfg.GetChunk)
 			if err := out.Send(&mwsv1.GetResponse{Msg: &mwsv1.GetResponse_Chunk{Chunk: body[:n]}}); err != nil {

@@ -69,6 +69,11 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 			if rpcerr.Code(err) == codes.NotFound {
 				ss.forgetStream(rs)
 			}
+			if rpcerr.Code(err) == codes.FailedPrecondition {
+				// The session moved on between the check and the attach:
+				// the device tries again and is redirected.
+				return rpcerr.New(codes.Unavailable, "SESSION_MOVING", "stream %s is moving with its session", rs.id)
+			}
 			return upstreamStatus(rs.backend, err)
 		}
 		if resume < st.DownStart() {
@@ -97,6 +102,8 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 	delivered.Store(down)
 	upErr := make(chan error, 1)
 	go func() { upErr <- relayUp(ds, st, &delivered) }()
+	// Goodput, while server bytes wait for the device.
+	defer s.netmeter.sendingStream(ctx, principalFrom(ctx).device, func() bool { return len(st.Messages()) > 0 })()
 
 	for {
 		select {
@@ -119,6 +126,16 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 				ss.mu.Unlock()
 			}
 			if m.GetCut() != nil {
+				ss.mu.Lock()
+				var t *mwsv1.MoveTarget
+				if ss.move != nil {
+					t = ss.move.target
+				}
+				ss.mu.Unlock()
+				if t != nil {
+					// The session is moving: the device follows it there.
+					return rpcerr.NewWithMeta(codes.Aborted, "STREAM_MOVED", moveMeta(t), "stream %s moved to %s", rs.id, m.GetCut().Owner)
+				}
 				return rpcerr.New(codes.Aborted, "STREAM_MOVED", "stream %s moved to %s", rs.id, m.GetCut().Owner)
 			}
 			if out != nil {

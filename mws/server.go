@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -42,9 +44,17 @@ type Server struct {
 	profiles  deviceProfiles
 	variants  *variantCache // nil with NoAdaptation
 	http      map[string]bool
+	netmeter  *netMeter
 
-	stopJanitor chan struct{}
-	janitorDone chan struct{}
+	peers    *peerPool
+	moves    *moveTable
+	draining atomic.Bool
+	docs     profileDocs
+	paths    pathMoves
+
+	stopJanitor  chan struct{}
+	janitorDone  chan struct{}
+	balancerDone chan struct{}
 }
 
 // New validates cfg and builds an MWS. log may be nil.
@@ -68,6 +78,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		registry: newRegistry(),
 		handoffs: newHandoffTable(cfg.ConsentTimeout),
 		http:     map[string]bool{},
+		peers:    newPeerPool(cfg.Cluster.PeerTLS, log),
+		moves:    newMoveTable(),
 	}
 	if !cfg.NoAdaptation {
 		a := cfg.ContentAdapter
@@ -86,6 +98,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		s.cfg.Adapter = contentAdapter{s}
 	}
 	s.registry.onOnline = s.deviceOnline
+	s.netmeter = newNetMeter(cfg.ProbeInterval, s.events.publish, log)
 	for _, b := range cfg.HTTPBackends {
 		s.http[b] = true
 	}
@@ -103,19 +116,41 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		mc.Close()
 		return nil, err
 	}
-	opts := append(pki.RequireRoles(pki.RoleDevice), s.authInterceptors()...)
+	opts := append(pki.RequireRolesBy(rolesFor), s.authInterceptors()...)
 	opts = append(opts, grpcbuf.ServerOptions()...)
+	serverTLS := cfg.TLS.Clone()
+	if len(cfg.Cluster.TicketSecret) > 0 {
+		(&ticketKeys{secret: cfg.Cluster.TicketSecret, period: cfg.Cluster.TicketRotation, now: time.Now}).install(serverTLS)
+	}
 	opts = append(opts,
-		grpc.Creds(credentials.NewTLS(cfg.TLS)),
+		grpc.Creds(credentials.NewTLS(serverTLS)),
 		grpc.MaxRecvMsgSize(4<<20), // savepoint uploads; raw stream chunks are checked separately
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	s.grpc = grpc.NewServer(opts...)
 	mwsv1.RegisterDeviceServer(s.grpc, &deviceService{s: s})
-	s.stopJanitor, s.janitorDone = make(chan struct{}), make(chan struct{})
+	mwsv1.RegisterPeerServer(s.grpc, &peerService{s: s})
+	mwsv1.RegisterOperatorServer(s.grpc, &operatorService{s: s})
+	s.stopJanitor, s.janitorDone, s.balancerDone = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go s.janitor()
+	go s.balancer()
+	s.publishLoad()
 	return s, nil
+}
+
+// rolesFor says who may call a method: devices the Device API, MWSs the
+// Peer API, operators the Operator API.
+func rolesFor(method string) []pki.Role {
+	switch {
+	case strings.HasPrefix(method, "/imash.mws.v1.Device/"):
+		return []pki.Role{pki.RoleDevice}
+	case strings.HasPrefix(method, "/imash.mws.v1.Peer/"):
+		return []pki.Role{pki.RoleMWS}
+	case strings.HasPrefix(method, "/imash.mws.v1.Operator/"):
+		return []pki.Role{pki.RoleOperator}
+	}
+	return nil
 }
 
 // dialBackend opens a legacy connection through the mux for the HTTP
@@ -135,6 +170,7 @@ func (s *Server) dialBackend(ctx context.Context, _, addr string) (net.Conn, err
 // Serve answers devices on lis until Close.
 func (s *Server) Serve(lis net.Listener) error {
 	s.log.Info("mws serving", "addr", lis.Addr().String(), "mux", s.cfg.MuxAddr)
+	lis = s.netmeter.listener(lis) // the network meter finds a call's connection
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
@@ -147,7 +183,9 @@ func (s *Server) Serve(lis net.Listener) error {
 func (s *Server) Close(ctx context.Context) error {
 	close(s.stopJanitor)
 	<-s.janitorDone
+	<-s.balancerDone
 	s.events.closeAll()
+	defer s.peers.close()
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
 	select {
@@ -238,13 +276,14 @@ func (d *deviceService) Login(ctx context.Context, req *mwsv1.LoginRequest) (*mw
 			return nil, err
 		}
 		d.s.profiles.set(id.Name, c)
+		d.s.docs.set(id.Name, req.GetProfiles())
 		d.s.log.Info("device profile", "device", id.Name, "max_width", c.MaxWidth, "max_height", c.MaxHeight,
 			"color_depth", c.ColorDepth, "byte_budget", c.ByteBudget, "formats", c.Formats)
 	}
 	tok, exp := d.s.creds.issue(req.GetUser(), id.Name)
 	d.s.registry.seen(req.GetUser(), id.Name)
 	d.s.log.Info("login", "user", req.GetUser(), "device", id.Name)
-	return &mwsv1.LoginResponse{Credential: tok, ExpiresUnixNano: exp.UnixNano(), Mws: d.s.cfg.Name, Device: id.Name}, nil
+	return &mwsv1.LoginResponse{Credential: tok, ExpiresUnixNano: exp.UnixNano(), Mws: d.s.cfg.Name, Device: id.Name, Peers: d.s.peerAddrs()}, nil
 }
 
 func (d *deviceService) Logout(ctx context.Context, _ *mwsv1.LogoutRequest) (*mwsv1.LogoutResponse, error) {
@@ -275,7 +314,7 @@ func (d *deviceService) OpenSession(ctx context.Context, req *mwsv1.OpenSessionR
 		return nil, err
 	}
 	d.s.log.Info("session opened", "session", ss.id, "user", p.user, "device", p.device, "app", ss.app)
-	return &mwsv1.OpenSessionResponse{SessionId: ss.id, SessionKey: key}, nil
+	return &mwsv1.OpenSessionResponse{SessionId: ss.id, SessionKey: key, Moved: d.s.admit(ctx, ss)}, nil
 }
 
 func (d *deviceService) CloseSession(ctx context.Context, req *mwsv1.CloseSessionRequest) (*mwsv1.CloseSessionResponse, error) {

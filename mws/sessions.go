@@ -1,6 +1,7 @@
 package mws
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -37,6 +38,42 @@ type session struct {
 	savepoint map[string]*storedElement
 	// handoff is the handoff in progress, if any.
 	handoff *handoff
+	// move is the MASH moving the session away, if any: calls on the
+	// session wait for it to end.
+	move *moveOut
+	// inflight counts Gets being served; quiet is closed when it drops to
+	// zero while a move waits for it.
+	inflight int
+	quiet    chan struct{}
+}
+
+// endCall ends a call counted by Server.sessionCall.
+func (ss *session) endCall() {
+	ss.mu.Lock()
+	ss.inflight--
+	if ss.inflight == 0 && ss.quiet != nil {
+		close(ss.quiet)
+		ss.quiet = nil
+	}
+	ss.mu.Unlock()
+}
+
+// waitQuiet waits until no counted call is being served, or ctx ends.
+func (ss *session) waitQuiet(ctx context.Context) {
+	ss.mu.Lock()
+	if ss.inflight == 0 {
+		ss.mu.Unlock()
+		return
+	}
+	if ss.quiet == nil {
+		ss.quiet = make(chan struct{})
+	}
+	ch := ss.quiet
+	ss.mu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
 }
 
 // rotateKeyLocked gives the session a new key and returns it; the old key
@@ -77,19 +114,21 @@ func (ss *session) addObject(digest string) {
 type sessionTable struct {
 	mu         sync.Mutex
 	byID       map[string]*session
+	moved      map[string]*forward // sessions that moved away, by id
+	pending    int                 // places reserved for incoming moves
 	perUser    map[string]int
 	max        int
 	maxPerUser int
 }
 
 func newSessionTable(max, maxPerUser int) *sessionTable {
-	return &sessionTable{byID: map[string]*session{}, perUser: map[string]int{}, max: max, maxPerUser: maxPerUser}
+	return &sessionTable{byID: map[string]*session{}, moved: map[string]*forward{}, perUser: map[string]int{}, max: max, maxPerUser: maxPerUser}
 }
 
 func (t *sessionTable) open(user, device, app string, labels []string) (*session, string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.byID) >= t.max {
+	if len(t.byID)+t.pending >= t.max {
 		return nil, "", rpcerr.New(codes.ResourceExhausted, "TOO_MANY_SESSIONS", "this MWS holds its limit of %d sessions", t.max)
 	}
 	if t.perUser[user] >= t.maxPerUser {
@@ -131,7 +170,11 @@ func (t *sessionTable) get(p principal, id, key string) (*session, error) {
 func (t *sessionTable) owned(p principal, id string) (*session, error) {
 	t.mu.Lock()
 	ss := t.byID[id]
+	fw := t.moved[id]
 	t.mu.Unlock()
+	if ss == nil && fw != nil && fw.user == p.user && fw.device == p.device {
+		return nil, fw.redirect()
+	}
 	if ss == nil || ss.user != p.user {
 		return nil, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "no session %q for user %q", id, p.user)
 	}
@@ -199,7 +242,7 @@ func (t *sessionTable) idle(cutoff time.Time) []*session {
 			continue
 		}
 		ss.mu.Lock()
-		busy := ss.handoff != nil
+		busy := ss.handoff != nil || ss.move != nil
 		for _, r := range ss.streams {
 			busy = busy || r.active
 		}
@@ -220,3 +263,97 @@ func (t *sessionTable) len() int {
 }
 
 func sha256Of(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+
+// lookup returns the session id, whoever it belongs to.
+func (t *sessionTable) lookup(id string) *session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byID[id]
+}
+
+// holds reports whether ss is in the table.
+func (t *sessionTable) holds(ss *session) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byID[ss.id] == ss
+}
+
+// forward removes ss, which moved to another MWS, and keeps fw to redirect
+// its device. Expired forwarding records are dropped on the way.
+func (t *sessionTable) forward(ss *session, fw *forward) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	for id, f := range t.moved {
+		if now.After(f.expires) {
+			delete(t.moved, id)
+		}
+	}
+	if t.byID[ss.id] == ss {
+		t.dropLocked(ss)
+	}
+	t.moved[ss.id] = fw
+}
+
+// reserve holds a place for an incoming session; release gives it back.
+func (t *sessionTable) reserve(user string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.byID)+t.pending >= t.max {
+		return rpcerr.New(codes.ResourceExhausted, "TOO_MANY_SESSIONS", "this MWS holds its limit of %d sessions", t.max)
+	}
+	if t.perUser[user] >= t.maxPerUser {
+		return rpcerr.New(codes.ResourceExhausted, "TOO_MANY_USER_SESSIONS", "user %q holds the limit of %d sessions", user, t.maxPerUser)
+	}
+	t.pending++
+	return nil
+}
+
+func (t *sessionTable) release() {
+	t.mu.Lock()
+	t.pending--
+	t.mu.Unlock()
+}
+
+// install adds a session that moved here, using a place reserved for it.
+func (t *sessionTable) install(ss *session) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byID[ss.id] != nil {
+		return rpcerr.New(codes.AlreadyExists, "SESSION_EXISTS", "session %s is already here", ss.id)
+	}
+	t.pending--
+	t.byID[ss.id] = ss
+	t.perUser[ss.user]++
+	delete(t.moved, ss.id)
+	return nil
+}
+
+// loadNow returns the sessions held and reserved.
+func (t *sessionTable) loadNow() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID) + t.pending
+}
+
+// forwardOf returns the forwarding record of a session that moved away.
+func (t *sessionTable) forwardOf(id string) *forward {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.moved[id]
+}
+
+// forwardedDevices lists the devices of sessions that moved away (and whose
+// records have not expired).
+func (t *sessionTable) forwardedDevices() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	var out []string
+	for _, f := range t.moved {
+		if now.Before(f.expires) && !slices.Contains(out, f.device) {
+			out = append(out, f.device)
+		}
+	}
+	return out
+}

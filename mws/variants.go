@@ -45,8 +45,22 @@ func (d *deviceProfiles) get(device string) (profiles.Constraints, bool) {
 // mergeLoginProfiles parses a device's profiles and merges them, with the
 // default user and application profiles standing in for missing kinds.
 func mergeLoginProfiles(docs [][]byte, maxDocs int) (profiles.Constraints, error) {
+	ps, err := loginProfiles(docs, maxDocs)
+	if err != nil {
+		return profiles.Constraints{}, err
+	}
+	c, err := profiles.Merge(ps...)
+	if err != nil {
+		return profiles.Constraints{}, rpcerr.New(codes.InvalidArgument, "BAD_PROFILE", "%v", err)
+	}
+	return c, nil
+}
+
+// loginProfiles parses a device's profiles, adding the default user and
+// application profiles for missing kinds.
+func loginProfiles(docs [][]byte, maxDocs int) ([]*profiles.Profile, error) {
 	if len(docs) > maxDocs {
-		return profiles.Constraints{}, rpcerr.New(codes.InvalidArgument, "BAD_PROFILE", "%d profiles exceed the limit of %d", len(docs), maxDocs)
+		return nil, rpcerr.New(codes.InvalidArgument, "BAD_PROFILE", "%d profiles exceed the limit of %d", len(docs), maxDocs)
 	}
 	var ps []*profiles.Profile
 	kinds := map[profiles.Kind]bool{}
@@ -61,7 +75,7 @@ func mergeLoginProfiles(docs [][]byte, maxDocs int) (profiles.Constraints, error
 		kinds[p.Kind] = true
 	}
 	if err := errors.Join(errs...); err != nil {
-		return profiles.Constraints{}, rpcerr.New(codes.InvalidArgument, "BAD_PROFILE", "%v", err)
+		return nil, rpcerr.New(codes.InvalidArgument, "BAD_PROFILE", "%v", err)
 	}
 	if !kinds[profiles.KindUser] {
 		ps = append(ps, profiles.DefaultUser())
@@ -69,11 +83,7 @@ func mergeLoginProfiles(docs [][]byte, maxDocs int) (profiles.Constraints, error
 	if !kinds[profiles.KindApplication] {
 		ps = append(ps, profiles.DefaultApplication())
 	}
-	c, err := profiles.Merge(ps...)
-	if err != nil {
-		return profiles.Constraints{}, rpcerr.New(codes.InvalidArgument, "BAD_PROFILE", "%v", err)
-	}
-	return c, nil
+	return ps, nil
 }
 
 // variantCache keeps adapted variants by (object digest, constraints
@@ -144,11 +154,12 @@ var clientHints = []string{"Viewport-Width", "Sec-CH-Viewport-Width", "Viewport-
 	"DPR", "Sec-CH-DPR", "Width", "Sec-CH-Width", "Downlink", "RTT", "ECT", "Save-Data"}
 
 // constraintsFor returns the constraints to adapt for: the device's
-// profiles from its login, else the request's Client Hints (a browser
+// profiles from its login (with the network it was measured to have, once
+// it was: see liveConstraints), else the request's Client Hints (a browser
 // behind the black-box proxy), else none.
 func (s *Server) constraintsFor(device string, h http.Header) (profiles.Constraints, bool, error) {
 	if c, ok := s.profiles.get(device); ok {
-		return c, true, nil
+		return s.liveConstraints(device, c), true, nil
 	}
 	if !slices.ContainsFunc(clientHints, func(k string) bool { return h.Get(k) != "" }) {
 		return profiles.Constraints{}, false, nil

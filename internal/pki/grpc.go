@@ -76,3 +76,25 @@ type wrappedStream struct {
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// RequireRolesBy is RequireRoles with the accepted roles chosen per method
+// (the gRPC full method name): one server can serve several services, each
+// to its own kind of caller. A method for which roles returns none is
+// refused.
+func RequireRolesBy(roles func(method string) []Role) []grpc.ServerOption {
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		ctx, err := checkRole(ctx, roles(info.FullMethod))
+		if err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		ctx, err := checkRole(ss.Context(), roles(info.FullMethod))
+		if err != nil {
+			return err
+		}
+		return h(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	}
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream)}
+}

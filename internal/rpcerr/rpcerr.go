@@ -60,3 +60,36 @@ func Code(err error) codes.Code {
 	}
 	return status.Code(err)
 }
+
+// NewWithMeta is New with metadata in the ErrorInfo: facts a caller needs
+// to act on the error (where a moved session went, say).
+func NewWithMeta(c codes.Code, reason string, meta map[string]string, format string, args ...any) error {
+	st := status.New(c, fmt.Sprintf(format, args...))
+	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: Domain, Metadata: meta}); err == nil {
+		st = withInfo
+	}
+	return st.Err()
+}
+
+// Meta returns the ErrorInfo metadata of err, or nil.
+func Meta(err error) map[string]string {
+	if err == nil {
+		return nil
+	}
+	var se interface{ GRPCStatus() *status.Status }
+	var st *status.Status
+	if errors.As(err, &se) {
+		st = se.GRPCStatus()
+	} else if s, ok := status.FromError(err); ok {
+		st = s
+	}
+	if st == nil {
+		return nil
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetMetadata()
+		}
+	}
+	return nil
+}

@@ -160,3 +160,16 @@ func (c *Cache) count(res *Result, err error) {
 		c.misses.Add(1)
 	}
 }
+
+// Insert stores an object that arrived from another MWS with a session
+// that moved here (its original, never an adapted variant). digest must be
+// the body's digest: a mismatch is an error and nothing is stored. ok
+// reports whether the store kept it (it may refuse when full).
+func (c *Cache) Insert(digest string, body []byte, status int, h http.Header) (*Object, bool, error) {
+	obj := newObject(body, status, storedHeader(h), c.cfg.now())
+	if obj.Digest != digest {
+		return nil, false, fmt.Errorf("objcache: object claimed as %s has digest %s", digest, obj.Digest)
+	}
+	stored, ok := c.store(obj)
+	return stored, ok, nil
+}

@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
@@ -43,6 +44,9 @@ type Cluster struct {
 	MuxAddr  string
 	MWS      []*mws.Server
 	MWSAddrs []string
+	// Peers is the MWSs' shared static membership (used when there are
+	// several MWSs and no TuneMWS replaces it).
+	Peers *mws.StaticPeers
 
 	mu      sync.Mutex
 	served  []chan error
@@ -91,10 +95,24 @@ func Start(opts Options) (c *Cluster, err error) {
 	}
 
 	users := staticUsers(opts.Users)
+	var secret [32]byte
+	_, _ = rand.Read(secret[:])
+	c.Peers = mws.NewStaticPeers()
+	lis := make([]net.Listener, opts.MWSs)
+	for i := range opts.MWSs {
+		if lis[i], err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			for _, l := range lis[:i] {
+				l.Close()
+			}
+			return nil, err
+		}
+		c.Peers.Add(fmt.Sprintf("mws-%d", i+1), lis[i].Addr().String())
+	}
 	for i := range opts.MWSs {
 		name := fmt.Sprintf("mws-%d", i+1)
 		cert, err := ca.Issue(pki.IssueRequest{Role: pki.RoleMWS, Name: name, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
 		if err != nil {
+			closeAll(lis[i:])
 			return nil, err
 		}
 		cfg := mws.NewDefaultConfig()
@@ -104,21 +122,50 @@ func Start(opts Options) (c *Cluster, err error) {
 		cfg.MuxTLS = pki.ClientTLS(cert.TLS, ca.Pool(), pki.RoleMux)
 		cfg.HTTPBackends = opts.HTTPBackends
 		cfg.Users = users
+		cfg.Cluster.Addr = lis[i].Addr().String()
+		cfg.Cluster.PeerTLS = pki.ClientTLS(cert.TLS, ca.Pool(), pki.RoleMWS)
+		cfg.Cluster.TicketSecret = secret[:]
+		if opts.MWSs > 1 {
+			cfg.Cluster.Membership = c.Peers.For(name)
+		}
 		if opts.TuneMWS != nil {
 			opts.TuneMWS(&cfg)
 		}
 		srv, err := mws.New(cfg, log.With("component", "mws"))
 		if err != nil {
+			closeAll(lis[i:])
 			return nil, err
 		}
-		addr, err := c.serve(srv.Serve, srv.Close)
-		if err != nil {
-			return nil, err
-		}
+		c.serveOn(lis[i], srv.Serve, srv.Close)
 		c.MWS = append(c.MWS, srv)
-		c.MWSAddrs = append(c.MWSAddrs, addr)
+		c.MWSAddrs = append(c.MWSAddrs, cfg.Cluster.Addr)
 	}
 	return c, nil
+}
+
+func closeAll(ls []net.Listener) {
+	for _, l := range ls {
+		l.Close()
+	}
+}
+
+// serveOn serves on lis until Close.
+func (c *Cluster) serveOn(lis net.Listener, serve func(net.Listener) error, closer func(context.Context) error) {
+	done := make(chan error, 1)
+	go func() { done <- serve(lis) }()
+	c.mu.Lock()
+	c.served = append(c.served, done)
+	c.closers = append(c.closers, closer)
+	c.mu.Unlock()
+}
+
+// OperatorCert issues an operator certificate (for the Operator API).
+func (c *Cluster) OperatorCert(name string) (tls.Certificate, error) {
+	iss, err := c.CA.Issue(pki.IssueRequest{Role: pki.RoleOperator, Name: name})
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return iss.TLS, nil
 }
 
 func (c *Cluster) serve(serve func(net.Listener) error, closer func(context.Context) error) (string, error) {

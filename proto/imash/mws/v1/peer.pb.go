@@ -334,7 +334,10 @@ type CompleteMoveHeader struct {
 	// The stored savepoint, element by element.
 	Savepoint []*Element `protobuf:"bytes,3,rep,name=savepoint,proto3" json:"savepoint,omitempty"`
 	// The session key's hash now (it may have rotated since PrepareMove).
-	KeyHash       []byte `protobuf:"bytes,4,opt,name=key_hash,json=keyHash,proto3" json:"key_hash,omitempty"`
+	KeyHash []byte `protobuf:"bytes,4,opt,name=key_hash,json=keyHash,proto3" json:"key_hash,omitempty"`
+	// Digests of the server objects the session has fetched, now (Gets in
+	// flight at PrepareMove have finished since).
+	Objects       []string `protobuf:"bytes,5,rep,name=objects,proto3" json:"objects,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -393,6 +396,13 @@ func (x *CompleteMoveHeader) GetSavepoint() []*Element {
 func (x *CompleteMoveHeader) GetKeyHash() []byte {
 	if x != nil {
 		return x.KeyHash
+	}
+	return nil
+}
+
+func (x *CompleteMoveHeader) GetObjects() []string {
+	if x != nil {
+		return x.Objects
 	}
 	return nil
 }
@@ -1308,12 +1318,13 @@ const file_imash_mws_v1_peer_proto_rawDesc = "" +
 	"\vMovedStream\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\xb2\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\xcc\x01\n" +
 	"\x12CompleteMoveHeader\x12\x17\n" +
 	"\amove_id\x18\x01 \x01(\tR\x06moveId\x123\n" +
 	"\astreams\x18\x02 \x03(\v2\x19.imash.mws.v1.MovedStreamR\astreams\x123\n" +
 	"\tsavepoint\x18\x03 \x03(\v2\x15.imash.mws.v1.ElementR\tsavepoint\x12\x19\n" +
-	"\bkey_hash\x18\x04 \x01(\fR\akeyHash\"\x88\x02\n" +
+	"\bkey_hash\x18\x04 \x01(\fR\akeyHash\x12\x18\n" +
+	"\aobjects\x18\x05 \x03(\tR\aobjects\"\x88\x02\n" +
 	"\rShippedObject\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\x05R\x06status\x12!\n" +

@@ -1,0 +1,334 @@
+package mws
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/imashproject/imash/internal/rpcerr"
+	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+)
+
+// moveOut is a MASH in progress at the source.
+type moveOut struct {
+	done chan struct{} // closed when the move is over, either way
+	// target is set once the target accepted: relays cut by the handover
+	// tell the device where to go.
+	target *mwsv1.MoveTarget
+}
+
+// forward is what the source keeps of a session that moved away, to
+// redirect its device.
+type forward struct {
+	user, device string
+	target       *mwsv1.MoveTarget
+	expires      time.Time
+}
+
+// moveMeta is the ErrorInfo metadata that tells a device where its session
+// went.
+func moveMeta(t *mwsv1.MoveTarget) map[string]string {
+	return map[string]string{
+		"session_id": t.GetSessionId(), "mws": t.GetMws().GetName(), "addr": t.GetMws().GetAddr(),
+		"token": t.GetToken(), "expires_unix_nano": strconv.FormatInt(t.GetExpiresUnixNano(), 10),
+	}
+}
+
+func (f *forward) redirect() error {
+	return rpcerr.NewWithMeta(codes.FailedPrecondition, "SESSION_MOVED", moveMeta(f.target),
+		"session %s moved to MWS %s", f.target.GetSessionId(), f.target.GetMws().GetName())
+}
+
+// MoveResult describes a finished MASH.
+type MoveResult struct {
+	To         string
+	Streams    int
+	Objects    int
+	StateBytes int64
+	// Prepare is the target's answer and skeleton; Handover the mux
+	// handing the streams over; Ship the state transfer; Total the whole
+	// move (the device follows after it).
+	Prepare, Handover, Ship, Total time.Duration
+}
+
+func (r MoveResult) proto() *mwsv1.MoveTimings {
+	return &mwsv1.MoveTimings{PrepareUs: r.Prepare.Microseconds(), HandoverUs: r.Handover.Microseconds(),
+		ShipUs: r.Ship.Microseconds(), TotalUs: r.Total.Microseconds(), StateBytes: r.StateBytes}
+}
+
+// MoveSession moves the session id to the MWS named to (MASH); an empty
+// to picks the least loaded peer. The device follows by itself.
+func (s *Server) MoveSession(ctx context.Context, id, to, reason string) (MoveResult, error) {
+	ss := s.sessions.lookup(id)
+	if ss == nil {
+		return MoveResult{}, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "no session %q here", id)
+	}
+	p, err := s.pickPeer(to)
+	if err != nil {
+		return MoveResult{}, err
+	}
+	return s.moveSession(ctx, ss, p, reason)
+}
+
+// pickPeer returns the named peer, or the least loaded one.
+func (s *Server) pickPeer(name string) (PeerInfo, error) {
+	m := s.cfg.Cluster.Membership
+	if m == nil {
+		return PeerInfo{}, rpcerr.New(codes.FailedPrecondition, "NO_PEERS", "this MWS is not in a cluster")
+	}
+	peers := m.Peers()
+	if name == "" {
+		p, ok := leastLoaded(peers)
+		if !ok {
+			return PeerInfo{}, rpcerr.New(codes.Unavailable, "NO_PEERS", "no live peer takes sessions")
+		}
+		return p, nil
+	}
+	if name == s.cfg.Name {
+		return PeerInfo{}, rpcerr.New(codes.InvalidArgument, "SAME_MWS", "the session is already on %s", name)
+	}
+	i := slices.IndexFunc(peers, func(p PeerInfo) bool { return p.Name == name })
+	if i < 0 || !peers[i].Alive {
+		return PeerInfo{}, rpcerr.New(codes.NotFound, "UNKNOWN_PEER", "no live MWS named %q in the cluster", name)
+	}
+	return peers[i], nil
+}
+
+// moveSession runs a MASH of ss to peer, in the paper's order. On any
+// failure the session stays here, with its streams taken back at the mux.
+func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, reason string) (res MoveResult, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Cluster.MoveTimeout)
+	defer cancel()
+	t0 := time.Now()
+	res.To = peer.Name
+	mv := &moveOut{done: make(chan struct{})}
+	ss.mu.Lock()
+	switch {
+	case ss.handoff != nil:
+		ss.mu.Unlock()
+		return res, rpcerr.New(codes.FailedPrecondition, "HANDOFF_IN_PROGRESS", "session %s is being handed off (CASH)", ss.id)
+	case ss.move != nil:
+		ss.mu.Unlock()
+		return res, rpcerr.New(codes.FailedPrecondition, "MOVE_IN_PROGRESS", "session %s is already being moved", ss.id)
+	case !s.sessions.holds(ss):
+		ss.mu.Unlock()
+		return res, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "session %s is no longer here", ss.id)
+	}
+	ss.move = mv
+	rec := recordLocked(ss)
+	device := ss.device
+	ss.mu.Unlock()
+	log := s.log.With("session", ss.id, "to", peer.Name, "reason", reason)
+	defer func() {
+		ss.mu.Lock()
+		ss.move = nil
+		ss.mu.Unlock()
+		close(mv.done)
+		if err != nil {
+			log.Warn("move failed: session stays", "error", err)
+		}
+	}()
+
+	// 1-2: ask the target, which prepares a skeleton.
+	api, err := s.peers.client(peer)
+	if err != nil {
+		return res, err
+	}
+	prep, err := api.PrepareMove(ctx, &mwsv1.PrepareMoveRequest{Session: rec, Reason: reason, Profiles: s.deviceDocs(device)})
+	if err != nil {
+		return res, peerStatus(peer.Name, err)
+	}
+	target := &mwsv1.MoveTarget{SessionId: ss.id, Mws: &mwsv1.MWSAddr{Name: peer.Name, Addr: peer.Addr},
+		Token: prep.GetToken(), ExpiresUnixNano: prep.GetTokenExpiresUnixNano()}
+	abort := func(why error) {
+		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer acancel()
+		if _, err := api.AbortMove(actx, &mwsv1.AbortMoveRequest{MoveId: prep.GetMoveId(), Reason: why.Error()}); err != nil {
+			log.Warn("aborting the move at the target", "error", err)
+		}
+	}
+	ss.mu.Lock()
+	mv.target = target
+	ss.mu.Unlock()
+	res.Prepare = time.Since(t0)
+
+	// In-flight Gets finish here first; new calls wait for the move.
+	ss.waitQuiet(ctx)
+
+	// 3: the mux hands the session's streams to the target.
+	t1 := time.Now()
+	handed, err := s.handStreams(ctx, ss, peer.Name)
+	if err != nil {
+		s.takeBack(ctx, ss, handed)
+		abort(err)
+		return res, err
+	}
+	res.Streams = len(handed)
+	res.Handover = time.Since(t1)
+
+	// 4: ship the state; the target installs the session.
+	t2 := time.Now()
+	objects, bytes, err := s.shipState(ctx, api, ss, prep.GetMoveId(), handed)
+	if err != nil {
+		s.takeBack(ctx, ss, handed)
+		abort(err)
+		return res, peerStatus(peer.Name, err)
+	}
+	res.Objects, res.StateBytes, res.Ship = objects, bytes, time.Since(t2)
+
+	// 5: the session is the target's; its device is told to follow.
+	s.sessions.forward(ss, &forward{user: ss.user, device: device, target: target,
+		expires: time.Now().Add(s.cfg.Cluster.ForwardTTL)})
+	s.events.publish(device, &mwsv1.Event{UnixNano: time.Now().UnixNano(), Msg: &mwsv1.Event_Moved{Moved: target}})
+	res.Total = time.Since(t0)
+	log.Info("session moved", "streams", res.Streams, "objects", res.Objects, "state_bytes", res.StateBytes,
+		"prepare_us", res.Prepare.Microseconds(), "handover_us", res.Handover.Microseconds(),
+		"ship_us", res.Ship.Microseconds(), "total_us", res.Total.Microseconds())
+	return res, nil
+}
+
+// recordLocked describes ss for a peer.
+func recordLocked(ss *session) *mwsv1.SessionRecord {
+	rec := &mwsv1.SessionRecord{SessionId: ss.id, User: ss.user, App: ss.app, Labels: slices.Clone(ss.labels),
+		Device: ss.device, CreatedUnixNano: ss.created.UnixNano(), KeyHash: slices.Clone(ss.keyHash[:])}
+	for d := range ss.objects {
+		rec.Objects = append(rec.Objects, d)
+	}
+	slices.Sort(rec.Objects)
+	return rec
+}
+
+// handStreams hands every stream of ss to the MWS named to and returns them
+// with their new epochs. A stream that ended meanwhile is forgotten.
+func (s *Server) handStreams(ctx context.Context, ss *session, to string) ([]*mwsv1.MovedStream, error) {
+	var out []*mwsv1.MovedStream
+	for _, r := range ss.streamsSnapshot() {
+		resp, err := s.mux.API().Handover(ctx, &muxv1.HandoverRequest{StreamId: r.id, Epoch: r.epoch, To: to})
+		if rpcerr.Code(err) == codes.NotFound {
+			ss.forgetStream(r)
+			continue
+		}
+		if err != nil {
+			return out, rpcerr.New(codes.Unavailable, "HANDOVER_FAILED", "handing stream %s to %s at the mux: %v", r.id, to, err)
+		}
+		out = append(out, &mwsv1.MovedStream{StreamId: r.id, Backend: r.backend, Epoch: resp.GetEpoch()})
+	}
+	return out, nil
+}
+
+// takeBack claims handed streams back for this MWS after a failed move:
+// the session keeps working here.
+func (s *Server) takeBack(ctx context.Context, ss *session, handed []*mwsv1.MovedStream) {
+	ctx = context.WithoutCancel(ctx)
+	for _, m := range handed {
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := s.mux.API().Takeover(tctx, &muxv1.TakeoverRequest{StreamId: m.StreamId, ExpectEpoch: m.Epoch, Force: true})
+		cancel()
+		ss.mu.Lock()
+		r := ss.streams[m.StreamId]
+		if r != nil && err == nil {
+			r.epoch = resp.GetEpoch()
+		}
+		ss.mu.Unlock()
+		if err != nil {
+			s.log.Warn("taking a stream back after a failed move", "session", ss.id, "stream", m.StreamId, "error", err)
+			if r != nil && rpcerr.Code(err) == codes.NotFound {
+				ss.forgetStream(r)
+			}
+		}
+	}
+}
+
+// shipChunk is the size of the object chunks a move ships.
+const shipChunk = 1 << 20
+
+// shipState sends the session's state to the target: the streams' new
+// epochs, the stored savepoint and the original server objects (those the
+// savepoint names first), within the configured bounds.
+func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, handed []*mwsv1.MovedStream) (objects int, bytes int64, err error) {
+	ss.mu.Lock()
+	hdr := &mwsv1.CompleteMoveHeader{MoveId: moveID, Streams: handed, KeyHash: slices.Clone(ss.keyHash[:])}
+	var first, rest []string
+	for _, e := range ss.savepoint {
+		hdr.Savepoint = append(hdr.Savepoint, &mwsv1.Element{Name: e.name, Kind: e.kind, ContentType: e.contentType,
+			Digest: e.digest, Data: e.data, StreamId: e.streamID, StreamOffset: e.streamOffset})
+		bytes += int64(len(e.data))
+		if e.digest != "" {
+			first = append(first, e.digest)
+		}
+	}
+	for d := range ss.objects {
+		hdr.Objects = append(hdr.Objects, d)
+		if !slices.Contains(first, d) {
+			rest = append(rest, d)
+		}
+	}
+	slices.Sort(hdr.Objects)
+	ss.mu.Unlock()
+	slices.SortFunc(hdr.Savepoint, func(a, b *mwsv1.Element) int { return strings.Compare(a.Name, b.Name) })
+	slices.Sort(first)
+	slices.Sort(rest)
+
+	st, err := api.CompleteMove(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Header{Header: hdr}}); err != nil {
+		_, rerr := st.CloseAndRecv()
+		return 0, 0, errors.Join(err, rerr)
+	}
+	budget := s.cfg.Cluster.MaxMoveBytes
+	for _, d := range append(first, rest...) {
+		obj, ok := s.cache.Lookup(d)
+		if !ok || obj.Size > budget || objects >= s.cfg.Cluster.MaxMoveObjects {
+			continue
+		}
+		budget -= obj.Size
+		h := map[string]string{}
+		for k, vs := range obj.Header {
+			if len(vs) > 0 {
+				h[k] = vs[0]
+			}
+		}
+		body := obj.Body
+		for i := 0; ; i++ {
+			n := min(len(body), shipChunk)
+			m := &mwsv1.ShippedObject{Chunk: body[:n], Last: n == len(body)}
+			if i == 0 {
+				m.Digest, m.Status, m.ContentType, m.Header = obj.Digest, int32(obj.Status), obj.ContentType, h
+			}
+			if err := st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: m}}); err != nil {
+				_, rerr := st.CloseAndRecv()
+				return 0, 0, errors.Join(err, rerr)
+			}
+			body = body[n:]
+			if len(body) == 0 {
+				break
+			}
+		}
+		objects++
+		bytes += obj.Size
+	}
+	if _, err := st.CloseAndRecv(); err != nil {
+		return 0, 0, err
+	}
+	return objects, bytes, nil
+}
+
+// peerStatus keeps a peer's typed denial and reports anything else as the
+// peer being unavailable.
+func peerStatus(peer string, err error) error {
+	if rpcerr.Reason(err) != "" {
+		return err
+	}
+	if errors.Is(err, context.DeadlineExceeded) || rpcerr.Code(err) == codes.DeadlineExceeded {
+		return rpcerr.New(codes.DeadlineExceeded, "PEER_TIMEOUT", "MWS %s did not answer in time", peer)
+	}
+	return rpcerr.New(codes.Unavailable, "PEER_UNAVAILABLE", "MWS %s: %v", peer, err)
+}
