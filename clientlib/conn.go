@@ -211,8 +211,15 @@ func (c *Conn) reattach(cause error) mwsv1.Device_StreamClient {
 // the mux's accepted offset up on, and the half-close if one was asked.
 func (c *Conn) resend(st mwsv1.Device_StreamClient, accepted uint64) {
 	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
 	c.st = st
+	// The sends may wait for flow control, which needs recvLoop to go on
+	// reading: they run on their own, holding sendMu so that later writes
+	// follow them.
+	go c.resendLocked(st, accepted)
+}
+
+func (c *Conn) resendLocked(st mwsv1.Device_StreamClient, accepted uint64) {
+	defer c.sendMu.Unlock()
 	c.noteUpAck(accepted)
 	c.retMu.Lock()
 	chunks := slices.Clone(c.retained)
