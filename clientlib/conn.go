@@ -42,7 +42,8 @@ type Conn struct {
 	sendMu    sync.Mutex
 	st        mwsv1.Device_StreamClient
 	upNext    uint64
-	closeWrOn bool // CloseWrite was sent: sent again after a move
+	closeWrOn bool   // CloseWrite was sent: sent again after a move
+	lastAck   uint64 // the last acknowledgement sent: sent again after a move
 
 	// retained are the written bytes the mux has not yet accepted: they
 	// are sent again when the stream moves to another MWS.
@@ -220,6 +221,14 @@ func (c *Conn) resend(st mwsv1.Device_StreamClient, accepted uint64) {
 
 func (c *Conn) resendLocked(st mwsv1.Device_StreamClient, accepted uint64) {
 	defer c.sendMu.Unlock()
+	// The last acknowledgement may have gone down with the old call: the
+	// mux would then hold its retention window full of bytes the app has
+	// read, and send nothing more. Acknowledge again first.
+	if a := c.lastAck; a > 0 {
+		if err := st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Ack{Ack: &mwsv1.StreamAck{Offset: a}}}); err != nil {
+			return
+		}
+	}
 	c.noteUpAck(accepted)
 	c.retMu.Lock()
 	chunks := slices.Clone(c.retained)
@@ -437,9 +446,20 @@ func (c *Conn) readLocked(p []byte) (int, error) {
 }
 
 func (c *Conn) ackLocked() {
-	if err := c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Ack{Ack: &mwsv1.StreamAck{Offset: c.next}}}); err == nil {
+	if err := c.sendAck(c.next); err == nil {
 		c.acked = c.next
 	}
+}
+
+// sendAck acknowledges the down bytes before off on the current call. The
+// offset is recorded under sendMu with the send, so that a move, which
+// takes sendMu to switch calls, acknowledges it again on the new call if
+// this one went down with the old.
+func (c *Conn) sendAck(off uint64) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	c.lastAck = off
+	return c.st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Ack{Ack: &mwsv1.StreamAck{Offset: off}}})
 }
 
 func (c *Conn) recv() (*mwsv1.StreamResponse, error) {
@@ -620,7 +640,7 @@ func (c *Conn) freeze(ctx context.Context) (uint64, error) {
 	}
 	c.readMu.Lock()
 	read := c.next
-	err := c.send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Ack{Ack: &mwsv1.StreamAck{Offset: read}}})
+	err := c.sendAck(read)
 	if err == nil {
 		c.acked = read
 	}

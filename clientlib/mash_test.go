@@ -99,7 +99,7 @@ func movesWanted() int {
 	if v, err := strconv.Atoi(os.Getenv("IMASH_MASH_MOVES")); err == nil && v > 0 {
 		return v
 	}
-	return 200 // IMASH_MASH_MOVES=1000 for the long run
+	return 1000
 }
 
 // TestMASHUnderLoad moves a session among three MWSs again and again, at
@@ -117,15 +117,9 @@ func TestMASHUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The raw stream part hangs now and then after hundreds of moves (a
-	// stream stops making progress after being attached again): it runs
-	// only with IMASH_MASH_STREAM=1 until that is fixed.
-	withStream := os.Getenv("IMASH_MASH_STREAM") == "1"
-	var conn *clientlib.Conn
-	if withStream {
-		if conn, err = sess.Dial(ctx, "stream"); err != nil {
-			t.Fatal(err)
-		}
+	conn, err := sess.Dial(ctx, "stream")
+	if err != nil {
+		t.Fatal(err)
 	}
 	upData := make([]byte, up)
 	if _, err := io.ReadFull(legacy.RandomStream(9), upData); err != nil {
@@ -135,16 +129,12 @@ func TestMASHUnderLoad(t *testing.T) {
 	errs := make(chan error, 3)
 	var transferDone atomic.Bool
 	h := sha256.New()
-	if !withStream {
-		transferDone.Store(true)
-	} else {
-		startStreamLoad(&wg, conn, upData, h, errs, &transferDone)
-	}
+	startStreamLoad(&wg, conn, upData, h, errs, &transferDone)
 	var gets atomic.Int64
 	getDone := make(chan struct{})
 	go func() { // objects, fetched throughout
 		defer close(getDone)
-		for i := 0; ctx.Err() == nil && (withStream && !transferDone.Load() || !withStream && gets.Load() < int64(movesWanted())); i++ {
+		for i := 0; ctx.Err() == nil && !transferDone.Load(); i++ {
 			img := e.set.Images()[i%len(e.set.Images())]
 			obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
 			if err != nil {
@@ -192,21 +182,19 @@ func TestMASHUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	default:
 	}
-	if withStream {
-		lc, err := e.stream.WaitConn(ctx, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		<-lc.Done()
-		if [32]byte(h.Sum(nil)) != lc.SentSum() {
-			t.Fatal("down bytes differ across the moves")
-		}
-		if lc.ReceivedSum() != sha256.Sum256(upData) {
-			t.Fatalf("up bytes differ: legacy received %d of %d", lc.Received(), up)
-		}
-		if n := e.stream.Accepted(); n != 1 {
-			t.Fatalf("legacy server accepted %d connections", n)
-		}
+	lc, err := e.stream.WaitConn(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-lc.Done()
+	if [32]byte(h.Sum(nil)) != lc.SentSum() {
+		t.Fatal("down bytes differ across the moves")
+	}
+	if lc.ReceivedSum() != sha256.Sum256(upData) {
+		t.Fatalf("up bytes differ: legacy received %d of %d", lc.Received(), up)
+	}
+	if n := e.stream.Accepted(); n != 1 {
+		t.Fatalf("legacy server accepted %d connections", n)
 	}
 	st := c.MoveStats()
 	if st.Followed < moves {

@@ -98,10 +98,11 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 		return err
 	}
 
-	var delivered atomic.Uint64
-	delivered.Store(down)
+	cur := &downCursor{}
+	cur.delivered.Store(down)
+	cur.mux.Store(st.DownStart())
 	upErr := make(chan error, 1)
-	go func() { upErr <- relayUp(ds, st, &delivered) }()
+	go func() { upErr <- relayUp(ds, st, cur) }()
 	// Goodput, while server bytes wait for the device.
 	defer s.netmeter.sendingStream(ctx, principalFrom(ctx).device, func() bool { return len(st.Messages()) > 0 })()
 
@@ -119,7 +120,8 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 				}
 				return nil
 			}
-			out, end := relayDown(m, &delivered)
+			out, end := relayDown(m, cur)
+			_ = cur.flush(st.Commit) // an error ends the channel: the next message says why
 			if end {
 				ss.mu.Lock()
 				delete(ss.streams, rs.id)
@@ -188,12 +190,49 @@ func (ss *session) forgetStream(r *relayState) {
 	ss.mu.Unlock()
 }
 
+// downCursor is what a relay knows of the down offsets: how far the device
+// has the bytes (a resuming device holds those before its resume offset),
+// and how far the mux has delivered them on this attachment. A commit may
+// not pass the mux's point: after a handover the mux sends again from its
+// last commit, so a device's acknowledgement of bytes it received through
+// another MWS waits until the mux has sent them here too.
+type downCursor struct {
+	delivered atomic.Uint64 // to the device
+	mux       atomic.Uint64 // by the mux
+	pending   atomic.Uint64 // an acknowledgement waiting for mux
+}
+
+// ack commits off at the mux now, or once the mux has delivered that far.
+func (c *downCursor) ack(commit func(uint64) error, off uint64) error {
+	if off <= c.mux.Load() {
+		return commit(off)
+	}
+	for {
+		p := c.pending.Load()
+		if p >= off || c.pending.CompareAndSwap(p, off) {
+			break
+		}
+	}
+	return c.flush(commit) // the mux may have passed it meanwhile
+}
+
+// flush commits a waiting acknowledgement the mux has now delivered past.
+func (c *downCursor) flush(commit func(uint64) error) error {
+	p := c.pending.Load()
+	if p == 0 || p > c.mux.Load() || !c.pending.CompareAndSwap(p, 0) {
+		return nil
+	}
+	return commit(p)
+}
+
 // relayDown translates one mux message for the device; end reports that the
 // stream is over.
-func relayDown(m *muxv1.AttachResponse, delivered *atomic.Uint64) (out *mwsv1.StreamResponse, end bool) {
+func relayDown(m *muxv1.AttachResponse, cur *downCursor) (out *mwsv1.StreamResponse, end bool) {
+	delivered := &cur.delivered
 	switch m := m.Msg.(type) {
 	case *muxv1.AttachResponse_Data:
 		off, b := m.Data.Offset, m.Data.Data
+		cur.mux.Store(max(cur.mux.Load(), off+uint64(len(b))))
 		from := delivered.Load()
 		if off+uint64(len(b)) <= from {
 			return nil, false // the device already has these bytes
@@ -216,7 +255,8 @@ func relayDown(m *muxv1.AttachResponse, delivered *atomic.Uint64) (out *mwsv1.St
 
 // relayUp passes the device's bytes, acknowledgements and half-close to the
 // mux. It returns nil when the device closes its send side.
-func relayUp(ds mwsv1.Device_StreamServer, st *muxlink.Stream, delivered *atomic.Uint64) error {
+func relayUp(ds mwsv1.Device_StreamServer, st *muxlink.Stream, cur *downCursor) error {
+	delivered := &cur.delivered
 	for {
 		m, err := ds.Recv()
 		if errors.Is(err, io.EOF) {
@@ -235,7 +275,7 @@ func relayUp(ds mwsv1.Device_StreamServer, st *muxlink.Stream, delivered *atomic
 			if m.Ack.Offset > delivered.Load() {
 				return rpcerr.New(codes.InvalidArgument, "ACK_BEYOND_DELIVERED", "ack at %d: only %d bytes were delivered", m.Ack.Offset, delivered.Load())
 			}
-			err = st.Commit(m.Ack.Offset)
+			err = cur.ack(st.Commit, m.Ack.Offset)
 		case *mwsv1.StreamRequest_CloseWrite:
 			err = st.CloseWrite(m.CloseWrite.Offset)
 		case *mwsv1.StreamRequest_Close:
