@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -403,8 +404,23 @@ func (m *netMeter) sendingBody(ctx context.Context, device string, n int) {
 	if n < minGoodputBytes {
 		return
 	}
-	if c, acked, ok := m.connOf(ctx); ok {
-		go m.sampleGoodput(c, device, acked+uint64(n), nil, nil)
+	c, acked, ok := m.connOf(ctx)
+	if !ok {
+		return
+	}
+	// One sampler per connection: concurrent bodies share its acknowledged
+	// bytes, so a body sent while one runs queues behind it and extends it.
+	for {
+		cur := c.bodyTarget.Load()
+		if c.bodyTarget.CompareAndSwap(cur, max(cur, acked)+uint64(n)) {
+			break
+		}
+	}
+	if c.bodySampling.CompareAndSwap(false, true) {
+		go func() {
+			defer c.bodySampling.Store(false)
+			m.sampleGoodput(c, device, &c.bodyTarget, nil, nil)
+		}()
 	}
 }
 
@@ -418,7 +434,7 @@ func (m *netMeter) sendingStream(ctx context.Context, device string, backlogged 
 		return func() {}
 	}
 	done := make(chan struct{})
-	go m.sampleGoodput(c, device, 0, backlogged, done)
+	go m.sampleGoodput(c, device, nil, backlogged, done)
 	return sync.OnceFunc(func() { close(done) })
 }
 
@@ -440,9 +456,10 @@ func (m *netMeter) connOf(ctx context.Context) (*meteredConn, uint64, bool) {
 }
 
 // sampleGoodput reads c's acknowledged bytes every goodputTick until they
-// reach target (if not 0), done is closed, the connection is gone or
-// maxGoodputWait passes, and records the rate of its backlogged stretches.
-func (m *netMeter) sampleGoodput(c *meteredConn, device string, target uint64, backlogged func() bool, done <-chan struct{}) {
+// reach target (if not nil; it may grow meanwhile), done is closed, the
+// connection is gone or maxGoodputWait passes, and records the rate of its
+// backlogged stretches.
+func (m *netMeter) sampleGoodput(c *meteredConn, device string, target *atomic.Uint64, backlogged func() bool, done <-chan struct{}) {
 	var g goodputRun
 	t := time.NewTicker(goodputTick)
 	defer t.Stop()
@@ -459,7 +476,7 @@ func (m *netMeter) sampleGoodput(c *meteredConn, device string, target uint64, b
 		if !ok || now.After(deadline) {
 			ended = true
 		} else {
-			reached := target > 0 && acked >= target
+			reached := target != nil && acked >= target.Load()
 			bl := reached || ended || backlogged == nil || backlogged()
 			if rate, ok := g.observe(acked, bl, now); ok {
 				m.addGoodput(device, rate)
@@ -555,6 +572,10 @@ type meteredConn struct {
 	m    *netMeter
 	key  string
 	once sync.Once
+	// bodyTarget is the acknowledged-bytes count at which the bodies sent
+	// so far have arrived; bodySampling says a sampler follows it.
+	bodyTarget   atomic.Uint64
+	bodySampling atomic.Bool
 }
 
 func (c *meteredConn) Close() error {
