@@ -354,3 +354,81 @@ func startStreamLoad(wg *sync.WaitGroup, conn *clientlib.Conn, upData []byte, h 
 		}
 	}()
 }
+
+// TestDrainMovesEverySession drains an MWS holding 200 sessions, one of
+// them in the middle of a raw-stream transfer, then stops it: every session
+// goes on at a peer (devices that were not told find it with their session
+// key), the stream's bytes match both ways and the legacy server saw one
+// connection.
+func TestDrainMovesEverySession(t *testing.T) {
+	const sessions = 200
+	e := newMASHEnv(t, 8<<20, func(c *mws.Config) { c.MaxSessionsPerUser = sessions })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	devs := []*clientlib.Client{e.device(t, "laptop", 0), e.device(t, "desk", 0)}
+	var all []*clientlib.Session
+	for i := range sessions {
+		s, err := devs[i%2].OpenSession(ctx, "viewer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, s)
+	}
+	conn, err := all[0].Dial(ctx, "stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upData := make([]byte, 2<<20)
+	if _, err := io.ReadFull(legacy.RandomStream(5), upData); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	var done atomic.Bool
+	h := sha256.New()
+	startStreamLoad(&wg, conn, upData, h, errs, &done)
+
+	src := e.cl.MWS[0]
+	t0 := time.Now()
+	if err := src.Drain(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(t0)
+	if n := src.Stats().Sessions; n != 0 {
+		t.Fatalf("%d sessions left on the drained MWS", n)
+	}
+	if n := e.cl.MWS[1].Stats().Sessions + e.cl.MWS[2].Stats().Sessions; n != sessions {
+		t.Fatalf("peers hold %d sessions, want %d", n, sessions)
+	}
+	if err := src.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	img := e.set.Images()[0]
+	for i, s := range all {
+		obj, err := s.Get(ctx, "images", "/images/"+img.Name)
+		if err != nil {
+			t.Fatalf("session %d after the drain: %v", i, err)
+		}
+		if !bytes.Equal(obj.Body, img.Bytes) || s.MWS() == src.Name() {
+			t.Fatalf("session %d: wrong object or still on %s", i, s.MWS())
+		}
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	lc, err := e.stream.WaitConn(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-lc.Done()
+	if [32]byte(h.Sum(nil)) != lc.SentSum() || lc.ReceivedSum() != sha256.Sum256(upData) {
+		t.Fatal("stream bytes differ across the drain")
+	}
+	if n := e.stream.Accepted(); n != 1 {
+		t.Fatalf("legacy server accepted %d connections", n)
+	}
+	t.Logf("drained %d sessions in %v", sessions, took)
+}

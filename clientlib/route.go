@@ -165,10 +165,16 @@ func (s *Session) follow(ctx context.Context, t *mwsv1.MoveTarget, from *route) 
 		if r, err = c.dialRoute(t.GetMws().GetAddr()); err != nil {
 			return err
 		}
-		resp, err = r.api.MoveIn(ctx, &mwsv1.MoveInRequest{Token: t.GetToken()}, grpc.Peer(&p))
-		switch rpcerr.Reason(err) {
-		case "BAD_MOVE_TOKEN", "TOKEN_EXPIRED":
-			resp, err = r.api.MoveIn(ctx, &mwsv1.MoveInRequest{SessionId: s.id, SessionKey: s.currentKey()}, grpc.Peer(&p))
+		// The token if there is one; the session key when there is none (the
+		// old MWS is gone) or it is spent or expired.
+		byKey := &mwsv1.MoveInRequest{SessionId: s.id, SessionKey: s.currentKey()}
+		req := byKey
+		if t.GetToken() != "" {
+			req = &mwsv1.MoveInRequest{Token: t.GetToken()}
+		}
+		resp, err = r.api.MoveIn(ctx, req, grpc.Peer(&p))
+		if req != byKey && (rpcerr.Reason(err) == "BAD_MOVE_TOKEN" || rpcerr.Reason(err) == "TOKEN_EXPIRED") {
+			resp, err = r.api.MoveIn(ctx, byKey, grpc.Peer(&p))
 		}
 		if next := moveTarget(err); next != nil && i < maxFollows {
 			t = next // it moved on before this device followed

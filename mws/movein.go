@@ -111,13 +111,14 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 		SessionId: ss.id, SessionKey: key, Peers: s.peerAddrs()}, nil
 }
 
-// peerAddrs lists the live peers for devices.
+// peerAddrs lists the cluster's live MWSs, this one included, for devices:
+// where to look for a session when the MWS holding it is gone.
 func (s *Server) peerAddrs() []*mwsv1.MWSAddr {
 	m := s.cfg.Cluster.Membership
 	if m == nil {
 		return nil
 	}
-	var out []*mwsv1.MWSAddr
+	out := []*mwsv1.MWSAddr{{Name: s.cfg.Name, Addr: s.cfg.Cluster.Addr}}
 	for _, p := range m.Peers() {
 		if p.Alive {
 			out = append(out, &mwsv1.MWSAddr{Name: p.Name, Addr: p.Addr})

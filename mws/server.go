@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,9 @@ type Server struct {
 	draining atomic.Bool
 	docs     profileDocs
 	paths    pathMoves
+
+	closeOnce sync.Once
+	closeErr  error
 
 	stopJanitor  chan struct{}
 	janitorDone  chan struct{}
@@ -179,8 +183,14 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // Close stops serving. Legacy streams of open sessions stay open at the mux
-// (for another MWS to pick up) until their orphan timeout.
+// (for another MWS to pick up) until their orphan timeout. Later calls
+// return the first call's result.
 func (s *Server) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() { s.closeErr = s.close(ctx) })
+	return s.closeErr
+}
+
+func (s *Server) close(ctx context.Context) error {
 	close(s.stopJanitor)
 	<-s.janitorDone
 	<-s.balancerDone

@@ -165,8 +165,9 @@ type LoginResponse struct {
 	// The MWS's name and the device identity it saw.
 	Mws    string `protobuf:"bytes,3,opt,name=mws,proto3" json:"mws,omitempty"`
 	Device string `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
-	// The cluster's MWSs a device may turn to when this one is gone (a
-	// session it held is found with MoveIn and the session key).
+	// The cluster's live MWSs, this one included: where a device looks for a
+	// session (with MoveIn and the session key) when the MWS holding it is
+	// gone.
 	Peers         []*MWSAddr `protobuf:"bytes,5,rep,name=peers,proto3" json:"peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
