@@ -432,3 +432,67 @@ func TestDrainMovesEverySession(t *testing.T) {
 	}
 	t.Logf("drained %d sessions in %v", sessions, took)
 }
+
+// TestAdmissionAndOverload: with admission balancing a device that keeps
+// dialling one MWS gets its new sessions placed on lighter peers; above
+// the overload threshold an MWS moves sessions away until it is at its
+// target. Every session keeps working where it lands.
+func TestAdmissionAndOverload(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	img := func(e *mashEnv) *legacy.Image { return e.set.Images()[0] }
+	check := func(t *testing.T, e *mashEnv, all []*clientlib.Session) {
+		t.Helper()
+		for i, s := range all {
+			obj, err := s.Get(ctx, "images", "/images/"+img(e).Name)
+			if err != nil || !bytes.Equal(obj.Body, img(e).Bytes) {
+				t.Fatalf("session %d on %s: %v", i, s.MWS(), err)
+			}
+		}
+	}
+	t.Run("admission", func(t *testing.T) {
+		e := newMASHEnv(t, 1<<10, func(c *mws.Config) { c.Cluster.AdmissionSlack = 1 })
+		c := e.device(t, "laptop", 0)
+		var all []*clientlib.Session
+		for range 9 {
+			s, err := c.OpenSession(ctx, "viewer")
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, s)
+		}
+		// Loads are published as they change, a little after each move: a
+		// placement may read one a moment old, so the spread is checked
+		// loosely.
+		for _, srv := range e.cl.MWS {
+			if n := srv.Stats().Sessions; n < 1 || n > 5 {
+				t.Errorf("%s holds %d of 9 sessions", srv.Name(), n)
+			}
+		}
+		check(t, e, all)
+	})
+	t.Run("overload", func(t *testing.T) {
+		e := newMASHEnv(t, 1<<10, func(c *mws.Config) {
+			c.MaxSessions = 10
+			c.Cluster.OverloadAbove, c.Cluster.OverloadTarget = 0.5, 0.3
+			c.Cluster.BalanceInterval = 20 * time.Millisecond
+		})
+		c := e.device(t, "laptop", 0)
+		var all []*clientlib.Session
+		for range 8 {
+			s, err := c.OpenSession(ctx, "viewer")
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, s)
+		}
+		pollDeadline(t, "overload relieved", func() bool {
+			n := 0
+			for _, srv := range e.cl.MWS {
+				n += srv.Stats().Sessions
+			}
+			return e.cl.MWS[0].Stats().Sessions <= 3 && n == 8
+		})
+		check(t, e, all)
+	})
+}

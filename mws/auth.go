@@ -99,7 +99,7 @@ func principalFrom(ctx context.Context) principal {
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
 	switch {
 	case method == mwsv1.Device_Login_FullMethodName, method == mwsv1.Device_MoveIn_FullMethodName,
-		method == mwsv1.Device_Ping_FullMethodName, !strings.HasPrefix(method, "/imash.mws.v1.Device/"):
+		method == mwsv1.Device_Ping_FullMethodName, !inService(method, mwsv1.Device_ServiceDesc):
 		// Peers and operators are authenticated by their certificates.
 		return ctx, nil
 	}
@@ -149,8 +149,7 @@ const sessionKeyHeader = "imash-session-key"
 // another MWS the call waits: it then goes on here (the move failed) or
 // gets SESSION_MOVED with where to (it succeeded).
 func (s *Server) session(ctx context.Context, id string) (*session, error) {
-	ss, err := s.sessionCall(ctx, id, false)
-	return ss, err
+	return s.sessionCall(ctx, id, false)
 }
 
 // sessionCall is session; with count set, the call is counted as in

@@ -112,7 +112,8 @@ func (s *Server) publishLoad() {
 	}
 }
 
-// balancer publishes the load and, above the overload threshold, moves
+// balancer publishes the load when it changes (admission elsewhere reads
+// it) and, every BalanceInterval, above the overload threshold, moves
 // sessions to the least loaded peer.
 func (s *Server) balancer() {
 	defer close(s.balancerDone)
@@ -120,6 +121,8 @@ func (s *Server) balancer() {
 	defer t.Stop()
 	for {
 		select {
+		case <-s.sessions.loadChanged:
+			s.publishLoad()
 		case <-t.C:
 			s.publishLoad()
 			s.relieve(context.Background())
@@ -173,13 +176,11 @@ func (s *Server) admit(ctx context.Context, ss *session) *mwsv1.MoveTarget {
 	if !ok || s.sessions.len() <= peer.Sessions+c.AdmissionSlack {
 		return nil
 	}
-	if _, err := s.moveSession(ctx, ss, peer, "admission"); err != nil {
+	res, err := s.moveSession(ctx, ss, peer, "admission")
+	if err != nil {
 		return nil // it stays here
 	}
-	if fw := s.sessions.forwardOf(ss.id); fw != nil {
-		return fw.target
-	}
-	return nil
+	return res.target
 }
 
 // operatorService is the Operator API (operator certificates).

@@ -55,6 +55,8 @@ type MoveResult struct {
 	// handing the streams over; Ship the state transfer; Total the whole
 	// move (the device follows after it).
 	Prepare, Handover, Ship, Total time.Duration
+
+	target *mwsv1.MoveTarget // what the device is told
 }
 
 func (r MoveResult) proto() *mwsv1.MoveTimings {
@@ -186,7 +188,7 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, re
 	s.sessions.forward(ss, &forward{user: ss.user, device: device, target: target,
 		expires: time.Now().Add(s.cfg.Cluster.ForwardTTL)})
 	s.events.publish(device, &mwsv1.Event{UnixNano: time.Now().UnixNano(), Msg: &mwsv1.Event_Moved{Moved: target}})
-	res.Total = time.Since(t0)
+	res.Total, res.target = time.Since(t0), target
 	log.Info("session moved", "streams", res.Streams, "objects", res.Objects, "state_bytes", res.StateBytes,
 		"prepare_us", res.Prepare.Microseconds(), "handover_us", res.Handover.Microseconds(),
 		"ship_us", res.Ship.Microseconds(), "total_us", res.Total.Microseconds())

@@ -50,18 +50,12 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 		ss = in.ss
 		if !s.sessions.holds(ss) {
 			// It moved on before the device followed: point it further.
-			if fw := s.sessions.forwardOf(ss.id); fw != nil && fw.device == id.Name {
-				return nil, fw.redirect()
-			}
-			return nil, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "session %s is no longer here", ss.id)
+			return nil, s.sessions.notHere(ss.id, id.Name)
 		}
 	} else {
 		ss = s.sessions.lookup(req.GetSessionId())
 		if ss == nil {
-			if fw := s.sessions.forwardOf(req.GetSessionId()); fw != nil && fw.device == id.Name {
-				return nil, fw.redirect()
-			}
-			return nil, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "no session %q here", req.GetSessionId())
+			return nil, s.sessions.notHere(req.GetSessionId(), id.Name)
 		}
 		ss.mu.Lock()
 		kh := ss.keyHash
@@ -85,10 +79,7 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 		}
 	}
 	if !s.sessions.holds(ss) {
-		if fw := s.sessions.forwardOf(ss.id); fw != nil && fw.device == id.Name {
-			return nil, fw.redirect()
-		}
-		return nil, rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "session %s is no longer here", ss.id)
+		return nil, s.sessions.notHere(ss.id, id.Name)
 	}
 	ss.mu.Lock()
 	if ss.move != nil {

@@ -197,17 +197,7 @@ func (s *Server) checkRecord(rec *mwsv1.SessionRecord, docs [][]byte) error {
 	if !nameRE.MatchString(rec.GetDevice()) {
 		errs = append(errs, fmt.Errorf("device %q: not a device name", rec.GetDevice()))
 	}
-	if rec.GetApp() == "" || len(rec.GetApp()) > cfg.MaxAppBytes {
-		errs = append(errs, fmt.Errorf("app: want 1-%d bytes", cfg.MaxAppBytes))
-	}
-	if len(rec.GetLabels()) > cfg.MaxLabels {
-		errs = append(errs, fmt.Errorf("%d labels exceed %d", len(rec.GetLabels()), cfg.MaxLabels))
-	}
-	for _, l := range rec.GetLabels() {
-		if !nameRE.MatchString(l) || len(l) > cfg.MaxLabelBytes {
-			errs = append(errs, fmt.Errorf("label %q: not a label", l))
-		}
-	}
+	errs = append(errs, cfg.checkAppLabels(rec.GetApp(), rec.GetLabels())...)
 	if len(rec.GetKeyHash()) != sha256.Size {
 		errs = append(errs, fmt.Errorf("key hash: %d bytes, want %d", len(rec.GetKeyHash()), sha256.Size))
 	}

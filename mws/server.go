@@ -143,15 +143,38 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// inService reports whether the full method name belongs to service sd.
+func inService(method string, sd grpc.ServiceDesc) bool {
+	return strings.HasPrefix(method, "/"+sd.ServiceName+"/")
+}
+
+// checkAppLabels checks a session's application name and labels against
+// the limits: for a session opened here or one that moves here.
+func (c Config) checkAppLabels(app string, labels []string) []error {
+	var errs []error
+	if app == "" || len(app) > c.MaxAppBytes {
+		errs = append(errs, fmt.Errorf("app name must be 1-%d bytes", c.MaxAppBytes))
+	}
+	if len(labels) > c.MaxLabels {
+		errs = append(errs, fmt.Errorf("%d labels exceed the limit of %d", len(labels), c.MaxLabels))
+	}
+	for _, l := range labels {
+		if !nameRE.MatchString(l) || len(l) > c.MaxLabelBytes {
+			errs = append(errs, fmt.Errorf("label %q: want 1-%d of [A-Za-z0-9._-]", l, c.MaxLabelBytes))
+		}
+	}
+	return errs
+}
+
 // rolesFor says who may call a method: devices the Device API, MWSs the
 // Peer API, operators the Operator API.
 func rolesFor(method string) []pki.Role {
 	switch {
-	case strings.HasPrefix(method, "/imash.mws.v1.Device/"):
+	case inService(method, mwsv1.Device_ServiceDesc):
 		return []pki.Role{pki.RoleDevice}
-	case strings.HasPrefix(method, "/imash.mws.v1.Peer/"):
+	case inService(method, mwsv1.Peer_ServiceDesc):
 		return []pki.Role{pki.RoleMWS}
-	case strings.HasPrefix(method, "/imash.mws.v1.Operator/"):
+	case inService(method, mwsv1.Operator_ServiceDesc):
 		return []pki.Role{pki.RoleOperator}
 	}
 	return nil
@@ -303,20 +326,7 @@ func (d *deviceService) Logout(ctx context.Context, _ *mwsv1.LogoutRequest) (*mw
 
 func (d *deviceService) OpenSession(ctx context.Context, req *mwsv1.OpenSessionRequest) (*mwsv1.OpenSessionResponse, error) {
 	p := principalFrom(ctx)
-	cfg := d.s.cfg
-	var errs []error
-	if req.GetApp() == "" || len(req.GetApp()) > cfg.MaxAppBytes {
-		errs = append(errs, fmt.Errorf("app name must be 1-%d bytes", cfg.MaxAppBytes))
-	}
-	if len(req.GetLabels()) > cfg.MaxLabels {
-		errs = append(errs, fmt.Errorf("%d labels exceed the limit of %d", len(req.GetLabels()), cfg.MaxLabels))
-	}
-	for _, l := range req.GetLabels() {
-		if !nameRE.MatchString(l) || len(l) > cfg.MaxLabelBytes {
-			errs = append(errs, fmt.Errorf("label %q: want 1-%d of [A-Za-z0-9._-]", l, cfg.MaxLabelBytes))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(d.s.cfg.checkAppLabels(req.GetApp(), req.GetLabels())...); err != nil {
 		return nil, rpcerr.New(codes.InvalidArgument, "BAD_SESSION_REQUEST", "%v", err)
 	}
 	ss, key, err := d.s.sessions.open(p.user, p.device, req.GetApp(), slices.Clone(req.GetLabels()))

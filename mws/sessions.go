@@ -112,17 +112,28 @@ func (ss *session) addObject(digest string) {
 
 // sessionTable is the session manager's index.
 type sessionTable struct {
-	mu         sync.Mutex
-	byID       map[string]*session
-	moved      map[string]*forward // sessions that moved away, by id
-	pending    int                 // places reserved for incoming moves
-	perUser    map[string]int
-	max        int
-	maxPerUser int
+	mu      sync.Mutex
+	byID    map[string]*session
+	moved   map[string]*forward // sessions that moved away, by id
+	pending int                 // places reserved for incoming moves
+	// loadChanged is signalled (never blocking) when the number of
+	// sessions changes, for the load published to the cluster.
+	loadChanged chan struct{}
+	perUser     map[string]int
+	max         int
+	maxPerUser  int
 }
 
 func newSessionTable(max, maxPerUser int) *sessionTable {
-	return &sessionTable{byID: map[string]*session{}, moved: map[string]*forward{}, perUser: map[string]int{}, max: max, maxPerUser: maxPerUser}
+	return &sessionTable{byID: map[string]*session{}, moved: map[string]*forward{}, perUser: map[string]int{}, max: max, maxPerUser: maxPerUser,
+		loadChanged: make(chan struct{}, 1)}
+}
+
+func (t *sessionTable) loadChangedLocked() {
+	select {
+	case t.loadChanged <- struct{}{}:
+	default:
+	}
 }
 
 func (t *sessionTable) open(user, device, app string, labels []string) (*session, string, error) {
@@ -144,6 +155,7 @@ func (t *sessionTable) open(user, device, app string, labels []string) (*session
 	ss.lastUsed.Store(ss.created.UnixNano())
 	t.byID[ss.id] = ss
 	t.perUser[user]++
+	t.loadChangedLocked()
 	return ss, key, nil
 }
 
@@ -212,6 +224,7 @@ func (t *sessionTable) remove(id string) *session {
 
 // dropLocked forgets ss and frees its place in its user's count.
 func (t *sessionTable) dropLocked(ss *session) {
+	t.loadChangedLocked()
 	delete(t.byID, ss.id)
 	if t.perUser[ss.user]--; t.perUser[ss.user] <= 0 {
 		delete(t.perUser, ss.user)
@@ -306,12 +319,14 @@ func (t *sessionTable) reserve(user string) error {
 		return rpcerr.New(codes.ResourceExhausted, "TOO_MANY_USER_SESSIONS", "user %q holds the limit of %d sessions", user, t.maxPerUser)
 	}
 	t.pending++
+	t.loadChangedLocked()
 	return nil
 }
 
 func (t *sessionTable) release() {
 	t.mu.Lock()
 	t.pending--
+	t.loadChangedLocked()
 	t.mu.Unlock()
 }
 
@@ -341,6 +356,15 @@ func (t *sessionTable) forwardOf(id string) *forward {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.moved[id]
+}
+
+// notHere is the error for device asking for a session this MWS does not
+// hold: where it went, if it moved away from here with that device.
+func (t *sessionTable) notHere(id, device string) error {
+	if fw := t.forwardOf(id); fw != nil && fw.device == device {
+		return fw.redirect()
+	}
+	return rpcerr.New(codes.NotFound, "UNKNOWN_SESSION", "no session %q here", id)
 }
 
 // forwardedDevices lists the devices of sessions that moved away (and whose
