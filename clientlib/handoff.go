@@ -52,12 +52,15 @@ func (s *Session) SetSavepointProvider(f SavepointFunc) {
 // Timings decompose a handoff's latency (the paper's Fig. 6).
 type Timings struct {
 	Skeleton, StateUpload, Adaptation, Delivery, Resume, Total time.Duration
+	// Move is, in a FASH (the target device is served by another MWS), the
+	// move of the session's state and streams to that MWS; 0 otherwise.
+	Move time.Duration
 }
 
 func timingsFrom(t *mwsv1.HandoffTimings) Timings {
 	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 	return Timings{Skeleton: us(t.GetSkeletonUs()), StateUpload: us(t.GetStateUploadUs()), Adaptation: us(t.GetAdaptationUs()),
-		Delivery: us(t.GetDeliveryUs()), Resume: us(t.GetResumeUs()), Total: us(t.GetTotalUs())}
+		Delivery: us(t.GetDeliveryUs()), Resume: us(t.GetResumeUs()), Total: us(t.GetTotalUs()), Move: us(t.GetMoveUs())}
 }
 
 // ErrRolledBack wraps the cause of a handoff that failed after the

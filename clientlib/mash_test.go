@@ -68,13 +68,15 @@ func newMASHEnv(t testing.TB, streamBytes int64, tune func(*mws.Config)) *mashEn
 	return &mashEnv{cl: cl, stream: ss, images: hs, set: set}
 }
 
-func (e *mashEnv) device(t testing.TB, name string, mwsIndex int) *clientlib.Client {
+// device logs a device in at the MWS of index mwsIndex, with its profile
+// documents if any.
+func (e *mashEnv) device(t testing.TB, name string, mwsIndex int, profiles ...[]byte) *clientlib.Client {
 	t.Helper()
 	cert, roots, err := e.cl.DeviceCert(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := clientlib.Dial(context.Background(), e.cl.MWSAddrs[mwsIndex], clientlib.Config{Certificate: cert, Roots: roots})
+	c, err := clientlib.Dial(context.Background(), e.cl.MWSAddrs[mwsIndex], clientlib.Config{Certificate: cert, Roots: roots, Profiles: profiles})
 	if err != nil {
 		t.Fatal(err)
 	}

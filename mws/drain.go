@@ -57,7 +57,7 @@ func (s *Server) Drain(ctx context.Context, progress func(DrainProgress)) error 
 				defer func() { <-sem; wg.Done() }()
 				peer, err := s.pickPeer("")
 				if err == nil {
-					_, err = s.moveSession(ctx, ss, peer, "drain")
+					_, err = s.moveSession(ctx, ss, peer, moveOpts{reason: "drain"})
 				}
 				mu.Lock()
 				if err == nil {
@@ -152,7 +152,7 @@ func (s *Server) relieve(ctx context.Context) int {
 		if !ok || peer.load() >= c.OverloadTarget {
 			break
 		}
-		if _, err := s.moveSession(ctx, ss, peer, "overload"); err == nil {
+		if _, err := s.moveSession(ctx, ss, peer, moveOpts{reason: "overload"}); err == nil {
 			moved++
 		} else if rpcerr.Reason(err) == "OVERLOADED" || rpcerr.Reason(err) == "DRAINING" {
 			break
@@ -176,7 +176,7 @@ func (s *Server) admit(ctx context.Context, ss *session) *mwsv1.MoveTarget {
 	if !ok || s.sessions.len() <= peer.Sessions+c.AdmissionSlack {
 		return nil
 	}
-	res, err := s.moveSession(ctx, ss, peer, "admission")
+	res, err := s.moveSession(ctx, ss, peer, moveOpts{reason: "admission"})
 	if err != nil {
 		return nil // it stays here
 	}

@@ -51,11 +51,12 @@ type handoff struct {
 // timings are a handoff's phase durations in microseconds (paper Fig. 6).
 type timings struct {
 	SkeletonUs, StateUploadUs, AdaptationUs, DeliveryUs, ResumeUs, TotalUs int64
+	MoveUs                                                                 int64 // FASH: the MASH to the target's MWS
 }
 
 func (t timings) proto() *mwsv1.HandoffTimings {
 	return &mwsv1.HandoffTimings{SkeletonUs: t.SkeletonUs, StateUploadUs: t.StateUploadUs, AdaptationUs: t.AdaptationUs,
-		DeliveryUs: t.DeliveryUs, ResumeUs: t.ResumeUs, TotalUs: t.TotalUs}
+		DeliveryUs: t.DeliveryUs, ResumeUs: t.ResumeUs, TotalUs: t.TotalUs, MoveUs: t.MoveUs}
 }
 
 type offerAnswer struct {

@@ -42,7 +42,13 @@ func (d *deviceService) Handoff(hs mwsv1.Device_HandoffServer) error {
 		return rpcerr.New(codes.InvalidArgument, "SAME_DEVICE", "the session is already on %q", target)
 	}
 	known, online := s.registry.known(p.user, target)
-	if !known {
+	// A target served by another MWS makes this a FASH.
+	var remote PeerInfo
+	fash := false
+	if !online {
+		remote, fash = s.deviceElsewhere(p.user, target, known)
+	}
+	if !known && !fash {
 		return rpcerr.New(codes.NotFound, "UNKNOWN_DEVICE", "%q is not one of user %q's devices", target, p.user)
 	}
 	ss.mu.Lock()
@@ -69,9 +75,14 @@ func (d *deviceService) Handoff(hs mwsv1.Device_HandoffServer) error {
 		s.handoffs.unpark(h)
 	}()
 	log := s.log.With("handoff", h.id, "session", ss.id, "device", p.device, "target", target)
-	log.Info("handoff requested")
-
-	err = s.runHandoff(ctx, hs, h, start, online, log)
+	if fash {
+		log = log.With("target_mws", remote.Name)
+		log.Info("handoff requested (FASH)")
+		err = s.runFash(ctx, hs, h, start, remote, log)
+	} else {
+		log.Info("handoff requested")
+		err = s.runHandoff(ctx, hs, h, start, online, log)
+	}
 	if err == nil {
 		return nil
 	}
@@ -135,31 +146,15 @@ func (s *Server) runHandoff(ctx context.Context, hs mwsv1.Device_HandoffServer, 
 	go h.prepare(prepCtx, s, digests)
 
 	// 3: invite the source to savepoint; store; acknowledge.
-	tUp := time.Now()
-	if err := hs.Send(&mwsv1.HandoffServerMsg{Msg: &mwsv1.HandoffServerMsg_Invite{Invite: &mwsv1.SavepointInvite{HandoffId: h.id}}}); err != nil {
+	if err := s.takeSavepoint(ctx, hs, h, log); err != nil {
 		return err
 	}
-	els, err := recvSavepoint(ctx, hs, s.cfg.SavepointTimeout, s.cfg.MaxSavepointElements)
-	if err != nil {
-		return err
-	}
-	if err := s.checkSavepoint(ss, els); err != nil {
-		return err
-	}
-	ss.mu.Lock()
-	n, bytes := mergeSavepointLocked(ss, els)
-	summary := s.summaryLocked(ss)
-	ss.mu.Unlock()
 	h.setState(hoAccepted, hoSavepointed)
-	h.mu.Lock()
-	h.timings.StateUploadUs = time.Since(tUp).Microseconds()
-	h.mu.Unlock()
-	if err := hs.Send(&mwsv1.HandoffServerMsg{Msg: &mwsv1.HandoffServerMsg_Ack{Ack: &mwsv1.SavepointAck{Elements: int32(n), Bytes: bytes}}}); err != nil {
-		return err
-	}
-	log.Info("savepoint stored", "elements", n, "bytes", bytes)
 
 	// 4: the summary to the target, which selects and resumes (Resume).
+	ss.mu.Lock()
+	summary := s.summaryLocked(ss)
+	ss.mu.Unlock()
 	xmlDoc, _ := SummaryXML(h.id, summary)
 	var cause error
 	if !s.events.publish(h.target, &mwsv1.Event{UnixNano: time.Now().UnixNano(), Msg: &mwsv1.Event_Summary{Summary: &mwsv1.StateSummary{HandoffId: h.id, Elements: summary, Xml: xmlDoc}}}) {
@@ -185,6 +180,34 @@ func (s *Server) runHandoff(ctx context.Context, hs mwsv1.Device_HandoffServer, 
 	log.Info("handoff done", "total_us", t.TotalUs, "skeleton_us", t.SkeletonUs, "state_upload_us", t.StateUploadUs,
 		"adaptation_us", t.AdaptationUs, "delivery_us", t.DeliveryUs, "resume_us", t.ResumeUs)
 	return hs.Send(&mwsv1.HandoffServerMsg{Msg: &mwsv1.HandoffServerMsg_Done{Done: &mwsv1.HandoffDone{Timings: t.proto()}}})
+}
+
+// takeSavepoint invites the source to savepoint, stores the upload in the
+// session and acknowledges it (step 3 of a handoff).
+func (s *Server) takeSavepoint(ctx context.Context, hs mwsv1.Device_HandoffServer, h *handoff, log *slog.Logger) error {
+	ss := h.ss
+	tUp := time.Now()
+	if err := hs.Send(&mwsv1.HandoffServerMsg{Msg: &mwsv1.HandoffServerMsg_Invite{Invite: &mwsv1.SavepointInvite{HandoffId: h.id}}}); err != nil {
+		return err
+	}
+	els, err := recvSavepoint(ctx, hs, s.cfg.SavepointTimeout, s.cfg.MaxSavepointElements)
+	if err != nil {
+		return err
+	}
+	if err := s.checkSavepoint(ss, els); err != nil {
+		return err
+	}
+	ss.mu.Lock()
+	n, bytes := mergeSavepointLocked(ss, els)
+	ss.mu.Unlock()
+	h.mu.Lock()
+	h.timings.StateUploadUs = time.Since(tUp).Microseconds()
+	h.mu.Unlock()
+	if err := hs.Send(&mwsv1.HandoffServerMsg{Msg: &mwsv1.HandoffServerMsg_Ack{Ack: &mwsv1.SavepointAck{Elements: int32(n), Bytes: bytes}}}); err != nil {
+		return err
+	}
+	log.Info("savepoint stored", "elements", n, "bytes", bytes)
+	return nil
 }
 
 // rollBack fails h after the savepoint was acknowledged: the session stays
@@ -303,7 +326,9 @@ func (d *deviceService) Resume(req *mwsv1.ResumeRequest, out mwsv1.Device_Resume
 }
 
 func (s *Server) resume(ctx context.Context, req *mwsv1.ResumeRequest, out mwsv1.Device_ResumeServer, h *handoff, p principal) error {
-	ss := h.ss
+	h.mu.Lock()
+	ss := h.ss // a FASH target's MWS learns it when the state arrives
+	h.mu.Unlock()
 	if h.rollback {
 		ss.mu.Lock()
 		dev := ss.device

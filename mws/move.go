@@ -57,6 +57,18 @@ type MoveResult struct {
 	Prepare, Handover, Ship, Total time.Duration
 
 	target *mwsv1.MoveTarget // what the device is told
+	moveID string            // the target's name for the move
+}
+
+// moveOpts qualify a MASH.
+type moveOpts struct {
+	// reason is why: "operator", "overload", "path", "drain", "admission",
+	// "fash".
+	reason string
+	// fash is the FASH this move is part of: the session may be in that
+	// handoff, and its device is not told to follow, since it is handing
+	// the session to another device (it may still follow with its key).
+	fash *handoff
 }
 
 func (r MoveResult) proto() *mwsv1.MoveTimings {
@@ -75,7 +87,7 @@ func (s *Server) MoveSession(ctx context.Context, id, to, reason string) (MoveRe
 	if err != nil {
 		return MoveResult{}, err
 	}
-	return s.moveSession(ctx, ss, p, reason)
+	return s.moveSession(ctx, ss, p, moveOpts{reason: reason})
 }
 
 // pickPeer returns the named peer, or the least loaded one.
@@ -104,7 +116,8 @@ func (s *Server) pickPeer(name string) (PeerInfo, error) {
 
 // moveSession runs a MASH of ss to peer, in the paper's order. On any
 // failure the session stays here, with its streams taken back at the mux.
-func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, reason string) (res MoveResult, err error) {
+func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, opts moveOpts) (res MoveResult, err error) {
+	reason := opts.reason
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Cluster.MoveTimeout)
 	defer cancel()
 	t0 := time.Now()
@@ -112,7 +125,7 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, re
 	mv := &moveOut{done: make(chan struct{})}
 	ss.mu.Lock()
 	switch {
-	case ss.handoff != nil:
+	case ss.handoff != nil && ss.handoff != opts.fash:
 		ss.mu.Unlock()
 		return res, rpcerr.New(codes.FailedPrecondition, "HANDOFF_IN_PROGRESS", "session %s is being handed off (CASH)", ss.id)
 	case ss.move != nil:
@@ -155,6 +168,10 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, re
 			log.Warn("aborting the move at the target", "error", err)
 		}
 	}
+	if opts.fash != nil {
+		// The device is not invited; with its key it may still follow.
+		target = &mwsv1.MoveTarget{SessionId: ss.id, Mws: target.GetMws()}
+	}
 	ss.mu.Lock()
 	mv.target = target
 	ss.mu.Unlock()
@@ -187,8 +204,10 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, re
 	// 5: the session is the target's; its device is told to follow.
 	s.sessions.forward(ss, &forward{user: ss.user, device: device, target: target,
 		expires: time.Now().Add(s.cfg.Cluster.ForwardTTL)})
-	s.events.publish(device, &mwsv1.Event{UnixNano: time.Now().UnixNano(), Msg: &mwsv1.Event_Moved{Moved: target}})
-	res.Total, res.target = time.Since(t0), target
+	if opts.fash == nil {
+		s.events.publish(device, &mwsv1.Event{UnixNano: time.Now().UnixNano(), Msg: &mwsv1.Event_Moved{Moved: target}})
+	}
+	res.Total, res.target, res.moveID = time.Since(t0), target, prep.GetMoveId()
 	log.Info("session moved", "streams", res.Streams, "objects", res.Objects, "state_bytes", res.StateBytes,
 		"prepare_us", res.Prepare.Microseconds(), "handover_us", res.Handover.Microseconds(),
 		"ship_us", res.Ship.Microseconds(), "total_us", res.Total.Microseconds())

@@ -159,7 +159,7 @@ func (d *deviceService) ReportPaths(ctx context.Context, req *mwsv1.ReportPathsR
 			mine := ss.device == p.device
 			ss.mu.Unlock()
 			if mine {
-				_, _ = s.moveSession(context.Background(), ss, peer, "path")
+				_, _ = s.moveSession(context.Background(), ss, peer, moveOpts{reason: "path"})
 			}
 		}
 	}()

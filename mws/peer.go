@@ -147,6 +147,20 @@ func (t *moveTable) remove(in *incoming) {
 	t.mu.Unlock()
 }
 
+// claim takes a completed incoming move for this MWS's own use (a FASH):
+// it is forgotten, and its device token with it.
+func (t *moveTable) claim(in *incoming) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.byID, in.id)
+	for k, e := range t.tokens {
+		if e.in == in {
+			delete(t.tokens, k)
+		}
+	}
+	in.used = true
+}
+
 // use consumes a move token presented by device: single use, unexpired,
 // bound to that device. A token shown by another device is burnt.
 func (t *moveTable) use(tok, device string) (*incoming, error) {

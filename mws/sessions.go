@@ -119,14 +119,25 @@ type sessionTable struct {
 	// loadChanged is signalled (never blocking) when the number of
 	// sessions changes, for the load published to the cluster.
 	loadChanged chan struct{}
-	perUser     map[string]int
-	max         int
-	maxPerUser  int
+	// installed is closed, and replaced, whenever a moved session is
+	// installed (changed).
+	installed  chan struct{}
+	perUser    map[string]int
+	max        int
+	maxPerUser int
 }
 
 func newSessionTable(max, maxPerUser int) *sessionTable {
 	return &sessionTable{byID: map[string]*session{}, moved: map[string]*forward{}, perUser: map[string]int{}, max: max, maxPerUser: maxPerUser,
-		loadChanged: make(chan struct{}, 1)}
+		loadChanged: make(chan struct{}, 1), installed: make(chan struct{})}
+}
+
+// changed returns a channel closed when the next moved session is
+// installed.
+func (t *sessionTable) changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.installed
 }
 
 func (t *sessionTable) loadChangedLocked() {
@@ -341,6 +352,8 @@ func (t *sessionTable) install(ss *session) error {
 	t.byID[ss.id] = ss
 	t.perUser[ss.user]++
 	delete(t.moved, ss.id)
+	close(t.installed)
+	t.installed = make(chan struct{})
 	return nil
 }
 

@@ -1015,6 +1015,9 @@ type HandoffTimings struct {
 	DeliveryUs    int64                  `protobuf:"varint,4,opt,name=delivery_us,json=deliveryUs,proto3" json:"delivery_us,omitempty"`
 	ResumeUs      int64                  `protobuf:"varint,5,opt,name=resume_us,json=resumeUs,proto3" json:"resume_us,omitempty"`
 	TotalUs       int64                  `protobuf:"varint,6,opt,name=total_us,json=totalUs,proto3" json:"total_us,omitempty"`
+	// FASH only: moving the session's state and streams from the source's
+	// MWS to the target's (MASH).
+	MoveUs        int64 `protobuf:"varint,7,opt,name=move_us,json=moveUs,proto3" json:"move_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1087,6 +1090,13 @@ func (x *HandoffTimings) GetResumeUs() int64 {
 func (x *HandoffTimings) GetTotalUs() int64 {
 	if x != nil {
 		return x.TotalUs
+	}
+	return 0
+}
+
+func (x *HandoffTimings) GetMoveUs() int64 {
+	if x != nil {
+		return x.MoveUs
 	}
 	return 0
 }
@@ -1819,7 +1829,7 @@ const file_imash_mws_v1_handoff_proto_rawDesc = "" +
 	"\vHandoffDone\x126\n" +
 	"\atimings\x18\x01 \x01(\v2\x1c.imash.mws.v1.HandoffTimingsR\atimings\";\n" +
 	"\rHandoffParked\x12*\n" +
-	"\x11expires_unix_nano\x18\x01 \x01(\x03R\x0fexpiresUnixNano\"\xd7\x01\n" +
+	"\x11expires_unix_nano\x18\x01 \x01(\x03R\x0fexpiresUnixNano\"\xf0\x01\n" +
 	"\x0eHandoffTimings\x12\x1f\n" +
 	"\vskeleton_us\x18\x01 \x01(\x03R\n" +
 	"skeletonUs\x12&\n" +
@@ -1828,7 +1838,8 @@ const file_imash_mws_v1_handoff_proto_rawDesc = "" +
 	"\vdelivery_us\x18\x04 \x01(\x03R\n" +
 	"deliveryUs\x12\x1b\n" +
 	"\tresume_us\x18\x05 \x01(\x03R\bresumeUs\x12\x19\n" +
-	"\btotal_us\x18\x06 \x01(\x03R\atotalUs\"\xce\x01\n" +
+	"\btotal_us\x18\x06 \x01(\x03R\atotalUs\x12\x17\n" +
+	"\amove_us\x18\a \x01(\x03R\x06moveUs\"\xce\x01\n" +
 	"\fHandoffOffer\x12\x1d\n" +
 	"\n" +
 	"handoff_id\x18\x01 \x01(\tR\thandoffId\x12\x14\n" +

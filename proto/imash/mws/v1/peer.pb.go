@@ -1292,6 +1292,464 @@ func (x *MembersResponse) GetMembers() []*Member {
 	return nil
 }
 
+type FashStart struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	HandoffId    string                 `protobuf:"bytes,1,opt,name=handoff_id,json=handoffId,proto3" json:"handoff_id,omitempty"`
+	User         string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	App          string                 `protobuf:"bytes,3,opt,name=app,proto3" json:"app,omitempty"`
+	Labels       []string               `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty"`
+	FromDevice   string                 `protobuf:"bytes,5,opt,name=from_device,json=fromDevice,proto3" json:"from_device,omitempty"`
+	TargetDevice string                 `protobuf:"bytes,6,opt,name=target_device,json=targetDevice,proto3" json:"target_device,omitempty"`
+	// How long the source is willing to wait for the target's consent.
+	ConsentTimeoutMs int64 `protobuf:"varint,7,opt,name=consent_timeout_ms,json=consentTimeoutMs,proto3" json:"consent_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *FashStart) Reset() {
+	*x = FashStart{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FashStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FashStart) ProtoMessage() {}
+
+func (x *FashStart) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FashStart.ProtoReflect.Descriptor instead.
+func (*FashStart) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *FashStart) GetHandoffId() string {
+	if x != nil {
+		return x.HandoffId
+	}
+	return ""
+}
+
+func (x *FashStart) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *FashStart) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *FashStart) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *FashStart) GetFromDevice() string {
+	if x != nil {
+		return x.FromDevice
+	}
+	return ""
+}
+
+func (x *FashStart) GetTargetDevice() string {
+	if x != nil {
+		return x.TargetDevice
+	}
+	return ""
+}
+
+func (x *FashStart) GetConsentTimeoutMs() int64 {
+	if x != nil {
+		return x.ConsentTimeoutMs
+	}
+	return 0
+}
+
+// FashState says the session's state arrived: the move move_id completed.
+type FashState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MoveId        string                 `protobuf:"bytes,1,opt,name=move_id,json=moveId,proto3" json:"move_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FashState) Reset() {
+	*x = FashState{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FashState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FashState) ProtoMessage() {}
+
+func (x *FashState) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FashState.ProtoReflect.Descriptor instead.
+func (*FashState) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *FashState) GetMoveId() string {
+	if x != nil {
+		return x.MoveId
+	}
+	return ""
+}
+
+type FashMsg struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*FashMsg_Start
+	//	*FashMsg_State
+	Msg           isFashMsg_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FashMsg) Reset() {
+	*x = FashMsg{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FashMsg) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FashMsg) ProtoMessage() {}
+
+func (x *FashMsg) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FashMsg.ProtoReflect.Descriptor instead.
+func (*FashMsg) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *FashMsg) GetMsg() isFashMsg_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *FashMsg) GetStart() *FashStart {
+	if x != nil {
+		if x, ok := x.Msg.(*FashMsg_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *FashMsg) GetState() *FashState {
+	if x != nil {
+		if x, ok := x.Msg.(*FashMsg_State); ok {
+			return x.State
+		}
+	}
+	return nil
+}
+
+type isFashMsg_Msg interface {
+	isFashMsg_Msg()
+}
+
+type FashMsg_Start struct {
+	Start *FashStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type FashMsg_State struct {
+	State *FashState `protobuf:"bytes,2,opt,name=state,proto3,oneof"`
+}
+
+func (*FashMsg_Start) isFashMsg_Msg() {}
+
+func (*FashMsg_State) isFashMsg_Msg() {}
+
+type FashAnswer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accept        bool                   `protobuf:"varint,1,opt,name=accept,proto3" json:"accept,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FashAnswer) Reset() {
+	*x = FashAnswer{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FashAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FashAnswer) ProtoMessage() {}
+
+func (x *FashAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FashAnswer.ProtoReflect.Descriptor instead.
+func (*FashAnswer) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FashAnswer) GetAccept() bool {
+	if x != nil {
+		return x.Accept
+	}
+	return false
+}
+
+func (x *FashAnswer) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type FashParked struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ExpiresUnixNano int64                  `protobuf:"varint,1,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FashParked) Reset() {
+	*x = FashParked{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FashParked) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FashParked) ProtoMessage() {}
+
+func (x *FashParked) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FashParked.ProtoReflect.Descriptor instead.
+func (*FashParked) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FashParked) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+type FashDone struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Timings       *HandoffTimings        `protobuf:"bytes,1,opt,name=timings,proto3" json:"timings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FashDone) Reset() {
+	*x = FashDone{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FashDone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FashDone) ProtoMessage() {}
+
+func (x *FashDone) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FashDone.ProtoReflect.Descriptor instead.
+func (*FashDone) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *FashDone) GetTimings() *HandoffTimings {
+	if x != nil {
+		return x.Timings
+	}
+	return nil
+}
+
+type FashReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*FashReply_Parked
+	//	*FashReply_Answer
+	//	*FashReply_Done
+	Msg           isFashReply_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FashReply) Reset() {
+	*x = FashReply{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FashReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FashReply) ProtoMessage() {}
+
+func (x *FashReply) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FashReply.ProtoReflect.Descriptor instead.
+func (*FashReply) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *FashReply) GetMsg() isFashReply_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *FashReply) GetParked() *FashParked {
+	if x != nil {
+		if x, ok := x.Msg.(*FashReply_Parked); ok {
+			return x.Parked
+		}
+	}
+	return nil
+}
+
+func (x *FashReply) GetAnswer() *FashAnswer {
+	if x != nil {
+		if x, ok := x.Msg.(*FashReply_Answer); ok {
+			return x.Answer
+		}
+	}
+	return nil
+}
+
+func (x *FashReply) GetDone() *FashDone {
+	if x != nil {
+		if x, ok := x.Msg.(*FashReply_Done); ok {
+			return x.Done
+		}
+	}
+	return nil
+}
+
+type isFashReply_Msg interface {
+	isFashReply_Msg()
+}
+
+type FashReply_Parked struct {
+	Parked *FashParked `protobuf:"bytes,1,opt,name=parked,proto3,oneof"`
+}
+
+type FashReply_Answer struct {
+	Answer *FashAnswer `protobuf:"bytes,2,opt,name=answer,proto3,oneof"`
+}
+
+type FashReply_Done struct {
+	Done *FashDone `protobuf:"bytes,3,opt,name=done,proto3,oneof"`
+}
+
+func (*FashReply_Parked) isFashReply_Msg() {}
+
+func (*FashReply_Answer) isFashReply_Msg() {}
+
+func (*FashReply_Done) isFashReply_Msg() {}
+
 var File_imash_mws_v1_peer_proto protoreflect.FileDescriptor
 
 const file_imash_mws_v1_peer_proto_rawDesc = "" +
@@ -1387,12 +1845,43 @@ const file_imash_mws_v1_peer_proto_rawDesc = "" +
 	"\bdraining\x18\x06 \x01(\bR\bdraining\x12\x10\n" +
 	"\x03cpu\x18\a \x01(\x01R\x03cpu\"A\n" +
 	"\x0fMembersResponse\x12.\n" +
-	"\amembers\x18\x01 \x03(\v2\x14.imash.mws.v1.MemberR\amembers2\xbc\x02\n" +
+	"\amembers\x18\x01 \x03(\v2\x14.imash.mws.v1.MemberR\amembers\"\xdc\x01\n" +
+	"\tFashStart\x12\x1d\n" +
+	"\n" +
+	"handoff_id\x18\x01 \x01(\tR\thandoffId\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x10\n" +
+	"\x03app\x18\x03 \x01(\tR\x03app\x12\x16\n" +
+	"\x06labels\x18\x04 \x03(\tR\x06labels\x12\x1f\n" +
+	"\vfrom_device\x18\x05 \x01(\tR\n" +
+	"fromDevice\x12#\n" +
+	"\rtarget_device\x18\x06 \x01(\tR\ftargetDevice\x12,\n" +
+	"\x12consent_timeout_ms\x18\a \x01(\x03R\x10consentTimeoutMs\"$\n" +
+	"\tFashState\x12\x17\n" +
+	"\amove_id\x18\x01 \x01(\tR\x06moveId\"r\n" +
+	"\aFashMsg\x12/\n" +
+	"\x05start\x18\x01 \x01(\v2\x17.imash.mws.v1.FashStartH\x00R\x05start\x12/\n" +
+	"\x05state\x18\x02 \x01(\v2\x17.imash.mws.v1.FashStateH\x00R\x05stateB\x05\n" +
+	"\x03msg\"<\n" +
+	"\n" +
+	"FashAnswer\x12\x16\n" +
+	"\x06accept\x18\x01 \x01(\bR\x06accept\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"8\n" +
+	"\n" +
+	"FashParked\x12*\n" +
+	"\x11expires_unix_nano\x18\x01 \x01(\x03R\x0fexpiresUnixNano\"B\n" +
+	"\bFashDone\x126\n" +
+	"\atimings\x18\x01 \x01(\v2\x1c.imash.mws.v1.HandoffTimingsR\atimings\"\xa8\x01\n" +
+	"\tFashReply\x122\n" +
+	"\x06parked\x18\x01 \x01(\v2\x18.imash.mws.v1.FashParkedH\x00R\x06parked\x122\n" +
+	"\x06answer\x18\x02 \x01(\v2\x18.imash.mws.v1.FashAnswerH\x00R\x06answer\x12,\n" +
+	"\x04done\x18\x03 \x01(\v2\x16.imash.mws.v1.FashDoneH\x00R\x04doneB\x05\n" +
+	"\x03msg2\xf8\x02\n" +
 	"\x04Peer\x12R\n" +
 	"\vPrepareMove\x12 .imash.mws.v1.PrepareMoveRequest\x1a!.imash.mws.v1.PrepareMoveResponse\x12S\n" +
 	"\fCompleteMove\x12\x1d.imash.mws.v1.CompleteMoveMsg\x1a\".imash.mws.v1.CompleteMoveResponse(\x01\x12L\n" +
 	"\tAbortMove\x12\x1e.imash.mws.v1.AbortMoveRequest\x1a\x1f.imash.mws.v1.AbortMoveResponse\x12=\n" +
-	"\x04Load\x12\x19.imash.mws.v1.LoadRequest\x1a\x1a.imash.mws.v1.LoadResponse2\xd5\x01\n" +
+	"\x04Load\x12\x19.imash.mws.v1.LoadRequest\x1a\x1a.imash.mws.v1.LoadResponse\x12:\n" +
+	"\x04Fash\x12\x15.imash.mws.v1.FashMsg\x1a\x17.imash.mws.v1.FashReply(\x010\x012\xd5\x01\n" +
 	"\bOperator\x12=\n" +
 	"\x04Move\x12\x19.imash.mws.v1.MoveRequest\x1a\x1a.imash.mws.v1.MoveResponse\x12B\n" +
 	"\x05Drain\x12\x1a.imash.mws.v1.DrainRequest\x1a\x1b.imash.mws.v1.DrainProgress0\x01\x12F\n" +
@@ -1410,7 +1899,7 @@ func file_imash_mws_v1_peer_proto_rawDescGZIP() []byte {
 	return file_imash_mws_v1_peer_proto_rawDescData
 }
 
-var file_imash_mws_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_imash_mws_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_imash_mws_v1_peer_proto_goTypes = []any{
 	(*SessionRecord)(nil),        // 0: imash.mws.v1.SessionRecord
 	(*PrepareMoveRequest)(nil),   // 1: imash.mws.v1.PrepareMoveRequest
@@ -1432,37 +1921,53 @@ var file_imash_mws_v1_peer_proto_goTypes = []any{
 	(*MembersRequest)(nil),       // 17: imash.mws.v1.MembersRequest
 	(*Member)(nil),               // 18: imash.mws.v1.Member
 	(*MembersResponse)(nil),      // 19: imash.mws.v1.MembersResponse
-	nil,                          // 20: imash.mws.v1.ShippedObject.HeaderEntry
-	(*Element)(nil),              // 21: imash.mws.v1.Element
+	(*FashStart)(nil),            // 20: imash.mws.v1.FashStart
+	(*FashState)(nil),            // 21: imash.mws.v1.FashState
+	(*FashMsg)(nil),              // 22: imash.mws.v1.FashMsg
+	(*FashAnswer)(nil),           // 23: imash.mws.v1.FashAnswer
+	(*FashParked)(nil),           // 24: imash.mws.v1.FashParked
+	(*FashDone)(nil),             // 25: imash.mws.v1.FashDone
+	(*FashReply)(nil),            // 26: imash.mws.v1.FashReply
+	nil,                          // 27: imash.mws.v1.ShippedObject.HeaderEntry
+	(*Element)(nil),              // 28: imash.mws.v1.Element
+	(*HandoffTimings)(nil),       // 29: imash.mws.v1.HandoffTimings
 }
 var file_imash_mws_v1_peer_proto_depIdxs = []int32{
 	0,  // 0: imash.mws.v1.PrepareMoveRequest.session:type_name -> imash.mws.v1.SessionRecord
 	3,  // 1: imash.mws.v1.CompleteMoveHeader.streams:type_name -> imash.mws.v1.MovedStream
-	21, // 2: imash.mws.v1.CompleteMoveHeader.savepoint:type_name -> imash.mws.v1.Element
-	20, // 3: imash.mws.v1.ShippedObject.header:type_name -> imash.mws.v1.ShippedObject.HeaderEntry
+	28, // 2: imash.mws.v1.CompleteMoveHeader.savepoint:type_name -> imash.mws.v1.Element
+	27, // 3: imash.mws.v1.ShippedObject.header:type_name -> imash.mws.v1.ShippedObject.HeaderEntry
 	4,  // 4: imash.mws.v1.CompleteMoveMsg.header:type_name -> imash.mws.v1.CompleteMoveHeader
 	5,  // 5: imash.mws.v1.CompleteMoveMsg.object:type_name -> imash.mws.v1.ShippedObject
 	14, // 6: imash.mws.v1.MoveResponse.timings:type_name -> imash.mws.v1.MoveTimings
 	18, // 7: imash.mws.v1.MembersResponse.members:type_name -> imash.mws.v1.Member
-	1,  // 8: imash.mws.v1.Peer.PrepareMove:input_type -> imash.mws.v1.PrepareMoveRequest
-	6,  // 9: imash.mws.v1.Peer.CompleteMove:input_type -> imash.mws.v1.CompleteMoveMsg
-	8,  // 10: imash.mws.v1.Peer.AbortMove:input_type -> imash.mws.v1.AbortMoveRequest
-	10, // 11: imash.mws.v1.Peer.Load:input_type -> imash.mws.v1.LoadRequest
-	12, // 12: imash.mws.v1.Operator.Move:input_type -> imash.mws.v1.MoveRequest
-	15, // 13: imash.mws.v1.Operator.Drain:input_type -> imash.mws.v1.DrainRequest
-	17, // 14: imash.mws.v1.Operator.Members:input_type -> imash.mws.v1.MembersRequest
-	2,  // 15: imash.mws.v1.Peer.PrepareMove:output_type -> imash.mws.v1.PrepareMoveResponse
-	7,  // 16: imash.mws.v1.Peer.CompleteMove:output_type -> imash.mws.v1.CompleteMoveResponse
-	9,  // 17: imash.mws.v1.Peer.AbortMove:output_type -> imash.mws.v1.AbortMoveResponse
-	11, // 18: imash.mws.v1.Peer.Load:output_type -> imash.mws.v1.LoadResponse
-	13, // 19: imash.mws.v1.Operator.Move:output_type -> imash.mws.v1.MoveResponse
-	16, // 20: imash.mws.v1.Operator.Drain:output_type -> imash.mws.v1.DrainProgress
-	19, // 21: imash.mws.v1.Operator.Members:output_type -> imash.mws.v1.MembersResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	20, // 8: imash.mws.v1.FashMsg.start:type_name -> imash.mws.v1.FashStart
+	21, // 9: imash.mws.v1.FashMsg.state:type_name -> imash.mws.v1.FashState
+	29, // 10: imash.mws.v1.FashDone.timings:type_name -> imash.mws.v1.HandoffTimings
+	24, // 11: imash.mws.v1.FashReply.parked:type_name -> imash.mws.v1.FashParked
+	23, // 12: imash.mws.v1.FashReply.answer:type_name -> imash.mws.v1.FashAnswer
+	25, // 13: imash.mws.v1.FashReply.done:type_name -> imash.mws.v1.FashDone
+	1,  // 14: imash.mws.v1.Peer.PrepareMove:input_type -> imash.mws.v1.PrepareMoveRequest
+	6,  // 15: imash.mws.v1.Peer.CompleteMove:input_type -> imash.mws.v1.CompleteMoveMsg
+	8,  // 16: imash.mws.v1.Peer.AbortMove:input_type -> imash.mws.v1.AbortMoveRequest
+	10, // 17: imash.mws.v1.Peer.Load:input_type -> imash.mws.v1.LoadRequest
+	22, // 18: imash.mws.v1.Peer.Fash:input_type -> imash.mws.v1.FashMsg
+	12, // 19: imash.mws.v1.Operator.Move:input_type -> imash.mws.v1.MoveRequest
+	15, // 20: imash.mws.v1.Operator.Drain:input_type -> imash.mws.v1.DrainRequest
+	17, // 21: imash.mws.v1.Operator.Members:input_type -> imash.mws.v1.MembersRequest
+	2,  // 22: imash.mws.v1.Peer.PrepareMove:output_type -> imash.mws.v1.PrepareMoveResponse
+	7,  // 23: imash.mws.v1.Peer.CompleteMove:output_type -> imash.mws.v1.CompleteMoveResponse
+	9,  // 24: imash.mws.v1.Peer.AbortMove:output_type -> imash.mws.v1.AbortMoveResponse
+	11, // 25: imash.mws.v1.Peer.Load:output_type -> imash.mws.v1.LoadResponse
+	26, // 26: imash.mws.v1.Peer.Fash:output_type -> imash.mws.v1.FashReply
+	13, // 27: imash.mws.v1.Operator.Move:output_type -> imash.mws.v1.MoveResponse
+	16, // 28: imash.mws.v1.Operator.Drain:output_type -> imash.mws.v1.DrainProgress
+	19, // 29: imash.mws.v1.Operator.Members:output_type -> imash.mws.v1.MembersResponse
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_imash_mws_v1_peer_proto_init() }
@@ -1475,13 +1980,22 @@ func file_imash_mws_v1_peer_proto_init() {
 		(*CompleteMoveMsg_Header)(nil),
 		(*CompleteMoveMsg_Object)(nil),
 	}
+	file_imash_mws_v1_peer_proto_msgTypes[22].OneofWrappers = []any{
+		(*FashMsg_Start)(nil),
+		(*FashMsg_State)(nil),
+	}
+	file_imash_mws_v1_peer_proto_msgTypes[26].OneofWrappers = []any{
+		(*FashReply_Parked)(nil),
+		(*FashReply_Answer)(nil),
+		(*FashReply_Done)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imash_mws_v1_peer_proto_rawDesc), len(file_imash_mws_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -42,6 +42,7 @@ const (
 	Peer_CompleteMove_FullMethodName = "/imash.mws.v1.Peer/CompleteMove"
 	Peer_AbortMove_FullMethodName    = "/imash.mws.v1.Peer/AbortMove"
 	Peer_Load_FullMethodName         = "/imash.mws.v1.Peer/Load"
+	Peer_Fash_FullMethodName         = "/imash.mws.v1.Peer/Fash"
 )
 
 // PeerClient is the client API for Peer service.
@@ -62,6 +63,16 @@ type PeerClient interface {
 	// Load reports this MWS's load (admission and overload decisions read it
 	// from membership metadata; this is the authoritative value).
 	Load(ctx context.Context, in *LoadRequest, opts ...grpc.CallOption) (*LoadResponse, error)
+	// Fash runs the target side of a CASH whose target device this MWS
+	// serves (FASH). The caller, the source's MWS, sends FashStart; this MWS
+	// offers the session to its device and answers (FashParked first if the
+	// device is offline). After an accept the caller stores the source's
+	// savepoint, moves the session here (PrepareMove, CompleteMove) and sends
+	// FashState; this MWS then completes the exchange with its device and
+	// replies FashDone. On failure after the state arrived, this MWS moves
+	// the session back to the caller before it returns the error, so that
+	// the source takes it back there.
+	Fash(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FashMsg, FashReply], error)
 }
 
 type peerClient struct {
@@ -115,6 +126,19 @@ func (c *peerClient) Load(ctx context.Context, in *LoadRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *peerClient) Fash(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FashMsg, FashReply], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Peer_ServiceDesc.Streams[1], Peer_Fash_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FashMsg, FashReply]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Peer_FashClient = grpc.BidiStreamingClient[FashMsg, FashReply]
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -133,6 +157,16 @@ type PeerServer interface {
 	// Load reports this MWS's load (admission and overload decisions read it
 	// from membership metadata; this is the authoritative value).
 	Load(context.Context, *LoadRequest) (*LoadResponse, error)
+	// Fash runs the target side of a CASH whose target device this MWS
+	// serves (FASH). The caller, the source's MWS, sends FashStart; this MWS
+	// offers the session to its device and answers (FashParked first if the
+	// device is offline). After an accept the caller stores the source's
+	// savepoint, moves the session here (PrepareMove, CompleteMove) and sends
+	// FashState; this MWS then completes the exchange with its device and
+	// replies FashDone. On failure after the state arrived, this MWS moves
+	// the session back to the caller before it returns the error, so that
+	// the source takes it back there.
+	Fash(grpc.BidiStreamingServer[FashMsg, FashReply]) error
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -154,6 +188,9 @@ func (UnimplementedPeerServer) AbortMove(context.Context, *AbortMoveRequest) (*A
 }
 func (UnimplementedPeerServer) Load(context.Context, *LoadRequest) (*LoadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Load not implemented")
+}
+func (UnimplementedPeerServer) Fash(grpc.BidiStreamingServer[FashMsg, FashReply]) error {
+	return status.Error(codes.Unimplemented, "method Fash not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -237,6 +274,13 @@ func _Peer_Load_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_Fash_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PeerServer).Fash(&grpc.GenericServerStream[FashMsg, FashReply]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Peer_FashServer = grpc.BidiStreamingServer[FashMsg, FashReply]
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -261,6 +305,12 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "CompleteMove",
 			Handler:       _Peer_CompleteMove_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Fash",
+			Handler:       _Peer_Fash_Handler,
+			ServerStreams: true,
 			ClientStreams: true,
 		},
 	},
