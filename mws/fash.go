@@ -34,11 +34,9 @@ import (
 // ends the call, and A gives the source a restore token, as after a failed
 // CASH: the session is never without an owner.
 
-// deviceElsewhere finds the live MWS serving user's device in the cluster's
-// directory. A device this MWS does not know must be online there; one it
-// knows (and is offline here) is followed to the MWS it was last seen on
-// only while it is online there.
-func (s *Server) deviceElsewhere(user, device string, knownHere bool) (PeerInfo, bool) {
+// deviceElsewhere finds, in the cluster's directory, the live MWS that
+// serves user's device while the device is online there.
+func (s *Server) deviceElsewhere(user, device string) (PeerInfo, bool) {
 	m := s.cfg.Cluster.Membership
 	if m == nil {
 		return PeerInfo{}, false
@@ -52,7 +50,6 @@ func (s *Server) deviceElsewhere(user, device string, knownHere bool) (PeerInfo,
 	if i < 0 {
 		return PeerInfo{}, false
 	}
-	_ = knownHere
 	return peers[i], true
 }
 

@@ -46,7 +46,7 @@ func (d *deviceService) Handoff(hs mwsv1.Device_HandoffServer) error {
 	var remote PeerInfo
 	fash := false
 	if !online {
-		remote, fash = s.deviceElsewhere(p.user, target, known)
+		remote, fash = s.deviceElsewhere(p.user, target)
 	}
 	if !known && !fash {
 		return rpcerr.New(codes.NotFound, "UNKNOWN_DEVICE", "%q is not one of user %q's devices", target, p.user)
