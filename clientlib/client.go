@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -34,6 +35,14 @@ type Config struct {
 	// adapts every object for this device accordingly, on Get and when a
 	// session is handed to it. None: objects arrive unchanged.
 	Profiles [][]byte
+	// Dialer, when set, opens every network connection the Client makes
+	// to an MWS: the one to the address given to Dial and those it opens
+	// to follow a session that moved to another MWS. addr is the MWS's
+	// host:port (with a host name resolved to an IP address); TLS runs
+	// over the connection Dialer returns, and ctx bounds the dial. Use it
+	// to reach the MWSs through a proxy, a tunnel or an emulated link. Nil
+	// dials plain TCP.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Log receives the library's logs (nil discards).
 	Log *slog.Logger
 }

@@ -66,7 +66,8 @@ func (r *route) GetRequestMetadata(context.Context, ...string) (map[string]strin
 // RequireTransportSecurity implements credentials.PerRPCCredentials.
 func (*route) RequireTransportSecurity() bool { return true }
 
-// dialRoute returns the route to addr, connecting if needed.
+// dialRoute returns the route to addr, connecting if needed (through
+// Config.Dialer when there is one).
 func (c *Client) dialRoute(addr string) (*route, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -79,6 +80,9 @@ func (c *Client) dialRoute(addr string) (*route, error) {
 		grpc.WithPerRPCCredentials(r),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20)))
+	if c.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
+	}
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("clientlib: dial %s: %w", addr, err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/imashproject/imash/clientlib"
+	"github.com/imashproject/imash/mws"
 	"github.com/imashproject/imash/testbed/cluster"
 	"github.com/imashproject/imash/testbed/legacy"
 )
@@ -70,6 +71,7 @@ func startTestbed(ctx context.Context, cfg demoConfig, set *legacy.ImageSet, log
 		HTTPBackends: []string{imagesBackend},
 		Users:        map[string]string{demoUser: demoPassword},
 		MWSs:         1,
+		TuneMWS:      func(c *mws.Config) { c.ProbeInterval = demoProbeInterval },
 		Log:          log,
 	})
 	if err != nil {
@@ -180,6 +182,9 @@ type demoResult struct {
 	records  []record
 	streams  []streamResult
 	handoffs *handoffResult
+	// linkObject is the image of the links phase and links its results.
+	linkObject *legacy.Image
+	links      []linkResult
 	// workload counts what the servers saw during the workload; final
 	// is every counter at the end of the run.
 	workload, final counters
@@ -188,7 +193,7 @@ type demoResult struct {
 
 // phases are the wall-clock durations of the demo's steps.
 type phases struct {
-	generate, start, workload, streams, handoffs, total time.Duration
+	generate, start, workload, streams, handoffs, links, total time.Duration
 }
 
 // runDemo is the demo command: build the testbed, run the workload and
@@ -264,6 +269,18 @@ func runDemo(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer) (err
 		if err != nil {
 			return errors.Join(err, res.writeJSON())
 		}
+	}
+	res.linkObject = linkObject(res.set)
+	state := "on"
+	if !cfg.Links {
+		state = "off"
+	}
+	fmt.Fprintf(stderr, "imash-testbed: links %s: workstation, desktop, laptop and pda fetch %s…\n", state, res.linkObject.Name)
+	mark = time.Now()
+	res.links, err = runLinks(ctx, env, cfg.Links, res.linkObject, log)
+	res.phases.links = time.Since(mark)
+	if err != nil {
+		return errors.Join(err, res.writeJSON())
 	}
 	res.final = env.snapshot()
 	res.phases.total = time.Since(began)

@@ -14,14 +14,15 @@ import (
 )
 
 // TestDemo runs the whole demo — image generation, legacy servers, the
-// cluster, two devices, the workload and the raw streams — on a small
+// cluster, two devices, the workload, the raw streams, the handoffs and the
+// links phase with its links off (TestDemoLinks has them on) — on a small
 // configuration, and checks the report and the JSON records.
 func TestDemo(t *testing.T) {
 	jsonFile := filepath.Join(t.TempDir(), "records.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "1", "--handoffs", "6", "--paced", "--mean-delay", "1ms", "--json", jsonFile}
+	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "1", "--handoffs", "6", "--paced", "--mean-delay", "1ms", "--links=off", "--json", jsonFile}
 	if err := Run(ctx, args, &stdout, &stderr); err != nil {
 		t.Fatalf("Run(%q) = %v\nstdout:\n%s\nstderr:\n%s", args, err, stdout.String(), stderr.String())
 	}
@@ -42,6 +43,7 @@ func TestDemo(t *testing.T) {
 		"handoffs:       6 CASH between workstation and pda",
 		"legacy requests meanwhile: 0",
 		"phases p50    skeleton",
+		"links:          off — the four testbed devices, each on loopback",
 		"wall time:",
 	} {
 		if !strings.Contains(out, s) {
@@ -94,6 +96,22 @@ func TestDemo(t *testing.T) {
 		if s.Bytes != 1<<20 || s.Seconds <= 0 || s.MiBps <= 0 || len(s.SHA256) != 64 {
 			t.Errorf("stream record %d: %+v", i, s)
 		}
+	}
+
+	// The links phase on loopback: no link counters, and still variants
+	// for the devices' declared profiles.
+	if len(doc.Links) != 4 {
+		t.Fatalf("%d link records, want 4", len(doc.Links))
+	}
+	sizes := map[string]int{}
+	for _, r := range doc.Links {
+		if r.Link != "loopback" || r.LinkConns != 0 || r.LinkRateBPS != 0 {
+			t.Errorf("%s: link %q, %d connections, %d bit/s; want loopback and no link counters", r.Device, r.Link, r.LinkConns, r.LinkRateBPS)
+		}
+		sizes[r.Device] = r.Bytes
+	}
+	if sizes["pda"] >= sizes["workstation"] || sizes["laptop"] >= sizes["workstation"] {
+		t.Errorf("variant sizes %v: want the pda's and the laptop's smaller than the workstation's", sizes)
 	}
 }
 

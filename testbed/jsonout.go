@@ -15,6 +15,8 @@ type jsonReport struct {
 	Requests []record `json:"requests"`
 	// Streams has one record per raw-stream transfer.
 	Streams []streamResult `json:"streams"`
+	// Links has one record per device of the links phase.
+	Links []linkResult `json:"links"`
 	// Complete is false when the run stopped early; the records then end
 	// at the failure.
 	Complete bool `json:"complete"`
@@ -30,6 +32,7 @@ func (res *demoResult) writeJSON() error {
 		Images:   res.cfg.Images,
 		Requests: res.records,
 		Streams:  res.streams,
+		Links:    res.links,
 		Complete: res.phases.total > 0,
 	}
 	if doc.Requests == nil {
@@ -37,6 +40,9 @@ func (res *demoResult) writeJSON() error {
 	}
 	if doc.Streams == nil {
 		doc.Streams = []streamResult{}
+	}
+	if doc.Links == nil {
+		doc.Links = []linkResult{}
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {

@@ -226,9 +226,12 @@ func (res *demoResult) writeSummary(w io.Writer) {
 	if res.handoffs != nil {
 		res.handoffs.write(w)
 	}
+	if len(res.links) > 0 {
+		writeLinks(w, res.cfg.Links, res.linkObject, res.links)
+	}
 	p := res.phases
-	fmt.Fprintf(w, "wall time:      %.2f s (images %.2f s, testbed start %.2f s, workload %.2f s, raw streams %.2f s, handoffs %.2f s)\n",
-		p.total.Seconds(), p.generate.Seconds(), p.start.Seconds(), p.workload.Seconds(), p.streams.Seconds(), p.handoffs.Seconds())
+	fmt.Fprintf(w, "wall time:      %.2f s (images %.2f s, testbed start %.2f s, workload %.2f s, raw streams %.2f s, handoffs %.2f s, links %.2f s)\n",
+		p.total.Seconds(), p.generate.Seconds(), p.start.Seconds(), p.workload.Seconds(), p.streams.Seconds(), p.handoffs.Seconds(), p.links.Seconds())
 }
 
 // mib formats a byte count in MiB.

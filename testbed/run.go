@@ -5,7 +5,9 @@
 // and machine-readable records.
 //
 // The "demo" command does all of this in one process with one MWS and two
-// devices; see Run and "imash-testbed help".
+// devices, then puts the paper's four testbed devices, with their
+// profiles, behind emulated links of their own (package netem) and shows
+// the variant of an image each receives; see Run and "imash-testbed help".
 package testbed
 
 import (
@@ -22,8 +24,9 @@ const Usage = `usage: imash-testbed <command> [flags]
 Commands:
   demo   build an in-process testbed (legacy HTTP and TCP servers, a mux, one
          MWS, two devices), run a seeded image workload through imash and
-         directly, verify every byte and print latency by object size
-         ("imash-testbed demo -h" lists its flags)
+         directly, verify every byte and print latency by object size; then
+         show the image variants the four testbed devices get on their
+         emulated links ("imash-testbed demo -h" lists its flags)
   help   show this text
 `
 

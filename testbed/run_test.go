@@ -28,6 +28,8 @@ func TestRunUsage(t *testing.T) {
 		{name: "too few images", args: []string{"demo", "--images", "0"}, wantUsage: true, errHas: []string{"--images 0: want 1..200"}},
 		{name: "every problem at once", args: []string{"demo", "--images", "201", "--stream-mib", "-1"}, wantUsage: true, errHas: []string{"--images 201", "--stream-mib -1"}},
 		{name: "paced without delay", args: []string{"demo", "--paced", "--mean-delay", "0s"}, wantUsage: true, errHas: []string{"--mean-delay 0s"}},
+		{name: "links flag listed", args: []string{"help", "demo"}, stdoutHas: []string{"-links on|off", "(default on)"}},
+		{name: "bad links value", args: []string{"demo", "--links=maybe"}, wantUsage: true, errHas: []string{"-links", `want "on" or "off"`}},
 		{name: "stray argument", args: []string{"demo", "extra"}, wantUsage: true, errHas: []string{`unexpected argument "extra"`}},
 	}
 	for _, tt := range tests {

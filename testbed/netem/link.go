@@ -64,6 +64,12 @@ func Listen(addr, target string, cfg Config, log *slog.Logger) (*Link, error) {
 // Serve starts a link that accepts on lis (which it then owns) and relays
 // to target.
 func Serve(lis net.Listener, target string, cfg Config, log *slog.Logger) (*Link, error) {
+	return serve(lis, target, cfg, log, newBottleneck(cfg.Seed), newBottleneck(cfg.Seed+1))
+}
+
+// serve starts a link whose directions go through the bottlenecks up and
+// down, which other links may share.
+func serve(lis net.Listener, target string, cfg Config, log *slog.Logger, up, down *bottleneck) (*Link, error) {
 	if err := cfg.Validate(); err != nil {
 		_ = lis.Close()
 		return nil, fmt.Errorf("netem: invalid configuration:\n%w", err)
@@ -73,7 +79,7 @@ func Serve(lis net.Listener, target string, cfg Config, log *slog.Logger) (*Link
 	}
 	l := &Link{
 		lis: lis, target: target, log: log.With("link", lis.Addr().String(), "target", target),
-		up: newDirection(cfg.Seed), down: newDirection(cfg.Seed + 1), conns: map[*relay]struct{}{},
+		up: &direction{bottleneck: up}, down: &direction{bottleneck: down}, conns: map[*relay]struct{}{},
 	}
 	l.cfg.Store(&cfg)
 	l.wg.Add(1)
@@ -83,6 +89,9 @@ func Serve(lis net.Listener, target string, cfg Config, log *slog.Logger) (*Link
 
 // Addr is the address clients dial.
 func (l *Link) Addr() string { return l.lis.Addr().String() }
+
+// Target is the address the link relays to.
+func (l *Link) Target() string { return l.target }
 
 // Config returns the link's current configuration.
 func (l *Link) Config() Config { return *l.cfg.Load() }
@@ -248,23 +257,29 @@ func (r *relay) abort() {
 }
 
 // direction is what one direction of a link shares across its connections:
-// the bottleneck's schedule and the counters.
+// the bottleneck (its own, or one shared with the other links of a
+// Network) and the link's counters.
 type direction struct {
-	mu        sync.Mutex
-	busyUntil time.Time // when the bottleneck has sent everything given to it
-	rng       *rand.Rand
+	*bottleneck
 
 	bytes, segments atomic.Int64
 }
 
-func newDirection(seed uint64) *direction {
-	return &direction{rng: rand.New(rand.NewPCG(seed, 0x6e6574656d))}
+// bottleneck is the schedule of one direction's access link.
+type bottleneck struct {
+	mu        sync.Mutex
+	busyUntil time.Time // when the bottleneck has sent everything given to it
+	rng       *rand.Rand
+}
+
+func newBottleneck(seed uint64) *bottleneck {
+	return &bottleneck{rng: rand.New(rand.NewPCG(seed, 0x6e6574656d))}
 }
 
 // schedule gives n bytes to the bottleneck at now. It returns when they
 // leave it (done), when the sender may be read from again (the bottleneck
 // queue is back under its limit), and their share of jitter.
-func (d *direction) schedule(sh Shape, n int, now time.Time) (done, resume time.Time, jitter time.Duration) {
+func (d *bottleneck) schedule(sh Shape, n int, now time.Time) (done, resume time.Time, jitter time.Duration) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if sh.Jitter > 0 {
