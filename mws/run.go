@@ -1,23 +1,30 @@
 package mws
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/imashproject/imash/internal/cliconf"
 	"github.com/imashproject/imash/internal/cliflag"
 	"github.com/imashproject/imash/internal/pki"
 	"github.com/imashproject/imash/internal/pki/castore"
+	"github.com/imashproject/imash/mws/cluster"
 	"github.com/imashproject/imash/mws/users"
 )
 
@@ -25,9 +32,14 @@ import (
 const Usage = `usage: imash-mws <command> [flags]
 
 Commands:
-  serve  run a middleware server until SIGINT or SIGTERM
+  serve  run a middleware server until SIGINT or SIGTERM; in a cluster it
+         first moves its sessions to peers (drain), then leaves the cluster
          imash-mws serve --cert mws.pem --key mws-key.pem --ca ca.pem \
              --mux 127.0.0.1:7700 --users users.htpasswd [--http-backend images]
+         in a cluster, add for example:
+             --advertise 10.0.0.5:7800 --gossip-listen 10.0.0.5:7946 \
+             --seed 10.0.0.4:7946 --gossip-key-file gossip.key \
+             --ticket-secret-file tickets.key
   ca     manage the cluster CA: init, issue, list ("imash-mws ca help")
   user   manage the user file: add, del, list ("imash-mws user help")
   help   show this text; "imash-mws help serve|ca|user" shows a command's help
@@ -113,6 +125,16 @@ type serveFlags struct {
 	grace                 time.Duration
 	logLevel, logFormat   string
 	readyFile             string
+
+	advertise        string
+	gossipListen     string
+	gossipAdvertise  string
+	seeds            cliconf.List
+	gossipKeyFile    string
+	gossipInsecure   bool
+	ticketSecretFile string
+	drainOnExit      bool
+	drainTimeout     time.Duration
 }
 
 // newServeFlagSet declares the flags of "serve", writing into cfg and sf.
@@ -155,6 +177,25 @@ func newServeFlagSet(cfg *Config, sf *serveFlags) *flag.FlagSet {
 	fs.Var(cliflag.Int(&cfg.MaxSavepointElements), "max-savepoint-elements", "a savepoint holds at most `n` elements")
 	fs.Var(cliflag.BytesInt(&cfg.MaxSavepointBytes), "max-savepoint-bytes", "total application data of a savepoint in `bytes` (server objects count by reference)")
 	fs.Var(cliflag.BytesInt(&cfg.MaxElementBytes), "max-element-bytes", "largest savepoint element in `bytes` (at most 3MiB)")
+	fs.StringVar(&sf.advertise, "advertise", "", "gRPC `address` (host:port) at which devices and peer MWSs reach this MWS; it is what a device is told when its session moves here (default: the bound --listen address, unless that is a wildcard)")
+	fs.StringVar(&sf.gossipListen, "gossip-listen", "", "IP `address` and port (TCP and UDP) for the cluster's gossip (memberlist), e.g. 10.0.0.5:7946; port 0 picks a free one. Empty: no cluster, this MWS runs alone")
+	fs.StringVar(&sf.gossipAdvertise, "gossip-advertise", "", "IP `address` (host or host:port) at which peers reach this MWS's gossip, behind NAT (default: the --gossip-listen address; port 0 or none: its port)")
+	fs.Var(&sf.seeds, "seed", "gossip `address` (host:port) of a cluster member to join (repeatable; every MWS may get the same list, itself included; none: start a new cluster)")
+	fs.StringVar(&sf.gossipKeyFile, "gossip-key-file", "", "`file` holding the cluster's gossip encryption key: 16, 24 or 32 bytes, raw or base64 (make one with \"head -c 32 /dev/urandom | base64\"); several base64 keys one per line rotate keys: the first encrypts, all decrypt (required with --gossip-listen)")
+	fs.BoolVar(&sf.gossipInsecure, "gossip-insecure", false, "gossip unencrypted and unauthenticated, without --gossip-key-file (trusted single-host setups and tests only)")
+	fs.StringVar(&sf.ticketSecretFile, "ticket-secret-file", "", "`file` holding a secret of at least 32 bytes shared by every MWS of the cluster: TLS session tickets are encrypted with keys derived from it, so a device whose session moves resumes TLS at the peer without a full handshake (a trailing newline is ignored)")
+	fs.Var(cliflag.Bytes(&cfg.Cluster.MaxMoveBytes), "max-move-bytes", "server objects shipped with one session moved to a peer, in `bytes`")
+	fs.Var(cliflag.Int(&cfg.Cluster.MaxMoveObjects), "max-move-objects", "at most `n` server objects are shipped with one session moved to a peer")
+	fs.DurationVar(&cfg.Cluster.MoveTimeout, "move-timeout", cfg.Cluster.MoveTimeout, "longest time one move of a session to a peer may take")
+	fs.Float64Var(&cfg.Cluster.DenyAbove, "deny-above", cfg.Cluster.DenyAbove, "refuse sessions moved from peers while holding at least this `fraction` of --max-sessions (0-1]")
+	fs.Float64Var(&cfg.Cluster.OverloadAbove, "overload-above", cfg.Cluster.OverloadAbove, "above this `fraction` of --max-sessions, move sessions to the least loaded peer until at --overload-target (0: never)")
+	fs.Float64Var(&cfg.Cluster.OverloadTarget, "overload-target", cfg.Cluster.OverloadTarget, "`fraction` of --max-sessions that overload moves bring this MWS down to; below --overload-above")
+	fs.DurationVar(&cfg.Cluster.BalanceInterval, "balance-interval", cfg.Cluster.BalanceInterval, "how often the load is checked against --overload-above")
+	fs.Var(cliflag.Int(&cfg.Cluster.Replicas), "replicas", "keep a replica of every session on `n` peers (0 to 3), so that it and its acknowledged savepoint survive this MWS's failure (0: none)")
+	fs.Var(cliflag.Int(&cfg.Cluster.AdmissionSlack), "admission-slack", "place a new session on the least loaded peer when this MWS holds more than `n` sessions beyond that peer's (0: never)")
+	fs.DurationVar(&cfg.Cluster.DrainGrace, "drain-grace", cfg.Cluster.DrainGrace, "after a drain moved every session, how long to wait for devices to follow before stopping")
+	fs.BoolVar(&sf.drainOnExit, "drain-on-exit", true, "on SIGINT or SIGTERM, move every session to peers before leaving the cluster and stopping (with peers only)")
+	fs.DurationVar(&sf.drainTimeout, "drain-timeout", time.Minute, "longest time the drain on exit may take, --drain-grace included; then shutdown goes on")
 	fs.DurationVar(&sf.grace, "shutdown-grace", 10*time.Second, "how long shutdown waits for calls in flight before cutting them")
 	fs.StringVar(&sf.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&sf.logFormat, "log-format", "text", "text or json")
@@ -200,18 +241,23 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			problems = append(problems, fmt.Sprintf("%s %q: %v", a.flag, a.addr, err))
 		}
 	}
+	gossip, p := clusterFlags(sf, &cfg)
+	problems = append(problems, p...)
 	// Stand-ins let Validate check everything else without repeating the
 	// problems of missing files reported here.
 	check := cfg
-	if tlsCfg, muxTLS, name, p := loadMWSCert(sf, cfg.Name); len(p) > 0 {
+	if certs, p := loadMWSCert(sf, cfg.Name); len(p) > 0 {
 		problems = append(problems, p...)
 		check.TLS, check.MuxTLS = &tls.Config{}, &tls.Config{}
 		if check.Name == "" {
 			check.Name = "unknown"
 		}
 	} else {
-		cfg.TLS, cfg.MuxTLS, cfg.Name = tlsCfg, muxTLS, name
-		check.TLS, check.MuxTLS, check.Name = tlsCfg, muxTLS, name
+		cfg.TLS, cfg.MuxTLS, cfg.Name = certs.server, certs.mux, certs.name
+		check.TLS, check.MuxTLS, check.Name = certs.server, certs.mux, certs.name
+		if gossip != nil {
+			cfg.Cluster.PeerTLS = certs.peer
+		}
 	}
 	if sf.usersFile == "" {
 		problems = append(problems, "--users is required (create the file with \"imash-mws user add\")")
@@ -238,29 +284,63 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: serve: invalid configuration (\"imash-mws serve -h\" lists the flags):\n  %s", ErrUsage, strings.Join(problems, "\n  "))
 	}
 
-	srv, err := New(cfg, log)
-	if err != nil {
-		return err
-	}
 	lis, err := net.Listen("tcp", sf.listen)
 	if err != nil {
-		srv.Close(context.Background())
-		return fmt.Errorf("serve: listen: %w", err)
+		return fmt.Errorf("serve: --listen %s: %w", sf.listen, err)
+	}
+	cfg.Cluster.Addr = sf.advertise
+	if cfg.Cluster.Addr == "" && !wildcardHost(lis.Addr().String()) {
+		cfg.Cluster.Addr = lis.Addr().String()
+	}
+	// Logs of the cluster and the exit drain name this MWS, as the
+	// server's do.
+	mlog := log.With("mws", cfg.Name)
+	var members *gossipMembers
+	if gossip != nil {
+		members, err = startGossip(ctx, *gossip, &cfg, log, mlog)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+	}
+	// An operator's drain with exit set ends serve like a signal, without
+	// a second drain.
+	operatorExit := make(chan struct{})
+	var exitOnce sync.Once
+	cfg.Cluster.OnDrained = func() { exitOnce.Do(func() { close(operatorExit) }) }
+
+	srv, err := New(cfg, log)
+	if err != nil {
+		lis.Close()
+		members.leave(ctx, mlog)
+		return err
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	if sf.readyFile != "" {
 		if err := cliflag.WriteReadyFile(sf.readyFile, lis.Addr().String()); err != nil {
 			log.Error("writing the ready file", "file", sf.readyFile, "error", err)
+			members.leave(ctx, mlog)
 			return errors.Join(err, runShutdown(ctx, srv, served, sf.grace))
 		}
 		defer os.Remove(sf.readyFile)
 	}
+	drain := sf.drainOnExit
 	select {
 	case err := <-served:
+		members.leave(ctx, mlog)
 		srv.Close(context.Background())
 		return err
 	case <-ctx.Done():
+	case <-operatorExit:
+		mlog.Info("drained on the operator's request; stopping")
+		drain = false
+	}
+	if members != nil {
+		if drain {
+			drainOnExit(ctx, srv, members.g, sf.drainTimeout, mlog)
+		}
+		members.leave(ctx, mlog)
 	}
 	log.Info("shutting down", "grace", sf.grace)
 	return runShutdown(ctx, srv, served, sf.grace)
@@ -272,31 +352,361 @@ func runShutdown(ctx context.Context, srv *Server, served <-chan error, grace ti
 	return errors.Join(srv.Close(cctx), <-served)
 }
 
-// loadMWSCert loads the MWS's key pair and derives the device-facing and
-// mux-facing TLS configs and the name, or reports every problem.
-func loadMWSCert(sf *serveFlags, name string) (server, client *tls.Config, certName string, problems []string) {
+// drainOnExit moves every session to peers before the MWS stops, if it has
+// a live peer that takes sessions. A drain that fails or takes longer than
+// timeout is logged; the sessions left stay here.
+func drainOnExit(ctx context.Context, srv *Server, m Membership, timeout time.Duration, log *slog.Logger) {
+	if _, ok := leastLoaded(m.Peers()); !ok {
+		log.Warn("no live peer takes sessions: stopping without a drain", "sessions", srv.Stats().Sessions)
+		return
+	}
+	log.Info("draining before exit: moving every session to peers", "sessions", srv.Stats().Sessions, "timeout", timeout)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	if err := srv.Drain(dctx, nil); err != nil {
+		log.Warn("drain before exit did not finish: stopping anyway", "error", err, "sessions_left", srv.Stats().Sessions)
+		return
+	}
+	log.Info("drain before exit done")
+}
+
+// gossipLeaveTimeout bounds leaving the cluster at exit.
+const gossipLeaveTimeout = 10 * time.Second
+
+// gossipMembers is this MWS's membership of a gossip cluster.
+type gossipMembers struct {
+	c *cluster.Cluster
+	g *Gossip
+}
+
+// startGossip starts the cluster membership of cfg's MWS and makes it
+// cfg.Cluster.Membership. The MWS is advertised as draining until the
+// server publishes its load, so that no peer moves sessions to it before
+// it serves.
+func startGossip(ctx context.Context, gc cluster.Config, cfg *Config, log, mlog *slog.Logger) (*gossipMembers, error) {
+	gc.Name = cfg.Name
+	gc.GRPCAddr = cfg.Cluster.Addr
+	gc.Load = cluster.Load{MaxSessions: cfg.MaxSessions, Draining: true}
+	gc.Logger = log
+	c, err := cluster.Start(ctx, gc)
+	switch {
+	case errors.Is(err, cluster.ErrJoin):
+		return nil, oneLineError{"serve: no --seed let this MWS join the cluster: are they up, and do they use the same gossip key (--gossip-key-file)? ", err}
+	case err != nil:
+		return nil, oneLineError{fmt.Sprintf("serve: gossip on --gossip-listen %s: ", net.JoinHostPort(gc.BindAddr, strconv.Itoa(gc.BindPort))), err}
+	}
+	mlog.Info("joined the cluster", "gossip", c.Addr(), "grpc", gc.GRPCAddr, "members", len(c.Members()))
+	g := NewGossip(c, mlog)
+	cfg.Cluster.Membership = g
+	return &gossipMembers{c: c, g: g}, nil
+}
+
+// oneLineError is prefix and err on one line: memberlist reports the
+// failures of a join as a multi-line list ("1 error occurred:\n\t* ...").
+type oneLineError struct {
+	prefix string
+	err    error
+}
+
+// errorListHead is the head of a multi-line error list.
+var errorListHead = regexp.MustCompile(`\d+ errors? occurred:$`)
+
+func (e oneLineError) Error() string {
+	var parts []string
+	for _, line := range strings.Split(e.err.Error(), "\n") {
+		line = strings.TrimPrefix(strings.TrimSpace(line), "* ")
+		line = strings.TrimSpace(errorListHead.ReplaceAllString(line, ""))
+		if line != "" {
+			parts = append(parts, line)
+		}
+	}
+	return e.prefix + strings.Join(parts, " ")
+}
+
+func (e oneLineError) Unwrap() error { return e.err }
+
+// leave leaves the cluster at once, so that peers stop counting on this
+// MWS. It does nothing on a nil m.
+func (m *gossipMembers) leave(ctx context.Context, log *slog.Logger) {
+	if m == nil {
+		return
+	}
+	m.g.Close()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), gossipLeaveTimeout)
+	defer cancel()
+	if err := m.c.Close(cctx); err != nil {
+		log.Warn("leaving the cluster", "error", err)
+		return
+	}
+	log.Info("left the cluster")
+}
+
+// clusterFlags checks the cluster flags, sets the ticket secret in cfg and
+// returns the gossip configuration to start (nil: no cluster; Name,
+// GRPCAddr, Load and Logger are set at start), or every problem.
+func clusterFlags(sf *serveFlags, cfg *Config) (*cluster.Config, []string) {
+	var problems []string
+	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	if sf.advertise != "" {
+		if err := checkDialAddr(sf.advertise); err != nil {
+			add("--advertise %q: %v", sf.advertise, err)
+		}
+	} else if sf.gossipListen != "" && wildcardHost(sf.listen) {
+		add("--advertise is required with --gossip-listen when --listen %q is a wildcard address: peers and devices need an address to reach this MWS", sf.listen)
+	}
+	if sf.ticketSecretFile != "" {
+		if secret, err := readTicketSecret(sf.ticketSecretFile); err != nil {
+			add("--ticket-secret-file %s: %v", sf.ticketSecretFile, err)
+		} else {
+			cfg.Cluster.TicketSecret = secret
+		}
+	}
+	if sf.drainTimeout <= 0 {
+		add("--drain-timeout %v: want > 0", sf.drainTimeout)
+	}
+	if sf.gossipListen == "" {
+		for _, f := range []struct {
+			flag string
+			set  bool
+		}{{"--gossip-advertise", sf.gossipAdvertise != ""}, {"--seed", len(sf.seeds) > 0},
+			{"--gossip-key-file", sf.gossipKeyFile != ""}, {"--gossip-insecure", sf.gossipInsecure}} {
+			if f.set {
+				add("%s needs --gossip-listen (without it this MWS is in no cluster)", f.flag)
+			}
+		}
+		return nil, problems
+	}
+	before := len(problems)
+	gc := cluster.NewDefaultConfig()
+	if host, port, err := splitIPPort(sf.gossipListen); err != nil {
+		add("--gossip-listen %q: %v", sf.gossipListen, err)
+	} else {
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		gc.BindAddr, gc.BindPort = host, port
+	}
+	if sf.gossipAdvertise != "" {
+		v := sf.gossipAdvertise
+		host, port, err := splitIPPort(v)
+		if err != nil && net.ParseIP(v) != nil {
+			host, port, err = v, 0, nil // a bare IP address
+		}
+		switch {
+		case err != nil:
+			add("--gossip-advertise %q: %v", v, err)
+		case host == "" || net.ParseIP(host).IsUnspecified():
+			add("--gossip-advertise %q: want the IP address peers reach, not a wildcard", v)
+		case port != 0 && gc.BindPort == 0:
+			add("--gossip-advertise %q: a port needs an explicit --gossip-listen port (not 0)", v)
+		default:
+			gc.AdvertiseAddr, gc.AdvertisePort = host, port
+		}
+	}
+	for _, seed := range sf.seeds {
+		if err := checkDialAddr(seed); err != nil {
+			add("--seed %q: %v", seed, err)
+		}
+	}
+	gc.Seeds = slices.Clone(sf.seeds)
+	switch {
+	case sf.gossipKeyFile == "" && !sf.gossipInsecure:
+		add("--gossip-key-file is required with --gossip-listen (or --gossip-insecure for unencrypted gossip)")
+	case sf.gossipKeyFile != "" && sf.gossipInsecure:
+		add("--gossip-key-file and --gossip-insecure: choose one")
+	case sf.gossipInsecure:
+		gc.Insecure = true
+	default:
+		keys, err := readGossipKeys(sf.gossipKeyFile)
+		if err != nil {
+			add("--gossip-key-file %s: %v", sf.gossipKeyFile, err)
+		}
+		gc.SecretKeys = keys
+	}
+	if len(problems) > before {
+		return nil, problems
+	}
+	// What the flags above do not catch; name and address are checked
+	// elsewhere.
+	probe := gc
+	probe.Name, probe.GRPCAddr = "probe", "probe.invalid:1"
+	if err := probe.Validate(); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			add("gossip: %s", line)
+		}
+		return nil, problems
+	}
+	return &gc, problems
+}
+
+// maxSecretFileBytes bounds the gossip key and ticket secret files.
+const maxSecretFileBytes = 4096
+
+// readSecretFile reads a small secret file.
+func readSecretFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+		return nil, pe.Err // the caller names the file
+	} else if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretFileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSecretFileBytes {
+		return nil, fmt.Errorf("larger than %d bytes: not a key file", maxSecretFileBytes)
+	}
+	return b, nil
+}
+
+// readTicketSecret reads the TLS ticket secret: the file's bytes without a
+// trailing newline, at least 32 of them.
+func readTicketSecret(path string) ([]byte, error) {
+	b, err := readSecretFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b = trimNewline(b)
+	if len(b) < 32 {
+		return nil, fmt.Errorf("%d bytes, want at least 32 (make one with \"head -c 48 /dev/urandom | base64\")", len(b))
+	}
+	return b, nil
+}
+
+// readGossipKeys reads the gossip keys: one or more base64 keys, one per
+// line, each of 16, 24 or 32 bytes (the first encrypts, all decrypt), or
+// one raw key of 16, 24 or 32 bytes (a trailing newline is ignored). A
+// file that reads as base64 is taken as base64.
+func readGossipKeys(path string) ([][]byte, error) {
+	b, err := readSecretFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if keys := base64Keys(b); keys != nil {
+		return keys, nil
+	}
+	for _, raw := range [][]byte{b, trimNewline(b)} {
+		if validKeyLen(len(raw)) {
+			return [][]byte{bytes.Clone(raw)}, nil
+		}
+	}
+	return nil, fmt.Errorf("%d bytes: want a key of 16, 24 or 32 bytes, raw or base64 (base64 keys one per line); make one with \"head -c 32 /dev/urandom | base64\"", len(b))
+}
+
+// base64Keys returns the keys of a file of base64 keys, one per line, or
+// nil if it is not one.
+func base64Keys(b []byte) [][]byte {
+	var keys [][]byte
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		k, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || !validKeyLen(len(k)) {
+			return nil
+		}
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func validKeyLen(n int) bool { return n == 16 || n == 24 || n == 32 }
+
+func trimNewline(b []byte) []byte {
+	b, _ = bytes.CutSuffix(b, []byte("\n"))
+	b, _ = bytes.CutSuffix(b, []byte("\r"))
+	return b
+}
+
+// splitIPPort splits an "ip:port" address whose host is an IP address or
+// empty and whose port is 0-65535.
+func splitIPPort(addr string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		return "", 0, fmt.Errorf("host %q: want an IP address", host)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("port %q: want 0-65535", portStr)
+	}
+	return host, port, nil
+}
+
+// checkDialAddr checks an address others dial: a host that is not a
+// wildcard and a port 1-65535.
+func checkDialAddr(addr string) error {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return errors.New("missing host")
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("host %s is a wildcard; want an address others can reach", host)
+	}
+	if port, err := strconv.Atoi(portStr); err != nil || port < 1 || port > 65535 {
+		return fmt.Errorf("port %q: want 1-65535", portStr)
+	}
+	return nil
+}
+
+// wildcardHost reports whether a listen address has no host or a wildcard
+// IP (any interface).
+func wildcardHost(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "" || (ip != nil && ip.IsUnspecified())
+}
+
+// mwsCerts are the TLS configs derived from the MWS's key pair.
+type mwsCerts struct {
+	// server faces devices and peers; mux and peer are the client configs
+	// towards the mux and towards peer MWSs.
+	server, mux, peer *tls.Config
+	name              string
+}
+
+// loadMWSCert loads the MWS's key pair and derives the TLS configs and the
+// name, or reports every problem.
+func loadMWSCert(sf *serveFlags, name string) (mwsCerts, []string) {
+	var problems []string
 	for _, f := range []struct{ flag, v string }{{"--cert", sf.cert}, {"--key", sf.key}, {"--ca", sf.ca}} {
 		if f.v == "" {
 			problems = append(problems, f.flag+" is required (issue it with \"imash-mws ca issue --role mws\")")
 		}
 	}
 	if len(problems) > 0 {
-		return nil, nil, "", problems
+		return mwsCerts{}, problems
 	}
 	cert, pool, err := pki.LoadKeyPair(sf.cert, sf.key, sf.ca)
 	if err != nil {
-		return nil, nil, "", []string{err.Error()}
+		return mwsCerts{}, []string{err.Error()}
 	}
 	id, err := pki.IdentityFromCert(cert.Leaf)
 	switch {
 	case err != nil:
-		return nil, nil, "", []string{"--cert " + sf.cert + ": " + err.Error()}
+		return mwsCerts{}, []string{"--cert " + sf.cert + ": " + err.Error()}
 	case id.Role != pki.RoleMWS:
-		return nil, nil, "", []string{fmt.Sprintf("--cert %s: certificate is for %s, want role mws", sf.cert, id)}
+		return mwsCerts{}, []string{fmt.Sprintf("--cert %s: certificate is for %s, want role mws", sf.cert, id)}
 	case name != "" && name != id.Name:
-		return nil, nil, "", []string{fmt.Sprintf("--name %q differs from the name %q in the certificate", name, id.Name)}
+		return mwsCerts{}, []string{fmt.Sprintf("--name %q differs from the name %q in the certificate", name, id.Name)}
 	}
-	return pki.ServerTLS(cert, pool), pki.ClientTLS(cert, pool, pki.RoleMux), id.Name, nil
+	return mwsCerts{
+		server: pki.ServerTLS(cert, pool),
+		mux:    pki.ClientTLS(cert, pool, pki.RoleMux),
+		peer:   pki.ClientTLS(cert, pool, pki.RoleMWS),
+		name:   id.Name,
+	}, nil
 }
 
 // runFlagHints maps the Config field a Validate message starts with to its
@@ -312,12 +722,16 @@ var runFlagHints = []struct{ field, flag string }{
 	{"MaxSavepointElements", "--max-savepoint-elements"}, {"MaxSavepointBytes", "--max-savepoint-bytes"},
 	{"MaxElementBytes", "--max-element-bytes"}, {"ConsentTimeout", "--consent-timeout"}, {"ParkExpiry", "--park-expiry"},
 	{"SavepointTimeout", "--savepoint-timeout"}, {"ResumeTimeout", "--resume-timeout"},
+	{"TicketSecret", "--ticket-secret-file"}, {"MoveTimeout", "--move-timeout"},
+	{"MaxMoveBytes", "--max-move-bytes, --max-move-objects"}, {"BalanceInterval", "--balance-interval"},
+	{"DrainGrace", "--drain-grace"}, {"DenyAbove", "--deny-above"},
+	{"OverloadAbove", "--overload-above, --overload-target"}, {"AdmissionSlack", "--admission-slack"}, {"Replicas", "--replicas"},
 }
 
 // runFlagHint appends the flag that sets the field a Validate message is
 // about, so that an operator need not know Config's field names.
 func runFlagHint(line string) string {
-	rest := strings.TrimPrefix(line, "cache: ")
+	rest := strings.TrimPrefix(strings.TrimPrefix(line, "cache: "), "cluster: ")
 	for _, h := range runFlagHints {
 		if after, ok := strings.CutPrefix(rest, h.field); ok && (strings.HasPrefix(after, " ") || strings.HasPrefix(after, ":")) {
 			return line + " (" + h.flag + ")"
@@ -326,10 +740,22 @@ func runFlagHint(line string) string {
 	return line
 }
 
+// serveAbout is the part of serve's help that flags alone do not tell.
+const serveAbout = `
+Serve a middleware server until SIGINT or SIGTERM. Alone by default; with
+--gossip-listen it joins the MWS cluster through --seed (gossip encrypted
+with --gossip-key-file) and tells peers it is reached at --advertise. In a
+cluster, sessions move between MWSs (overload, admission, operator), and a
+signal first drains: every session moves to a peer and devices follow
+(--drain-on-exit, --drain-timeout, --drain-grace); then the MWS leaves the
+cluster and shuts down (--shutdown-grace). A second signal stops at once.
+`
+
 func printServeUsage(w io.Writer) {
 	cfg := NewDefaultConfig()
 	fs := newServeFlagSet(&cfg, &serveFlags{})
 	fmt.Fprintln(w, "usage: imash-mws serve [flags]")
+	fmt.Fprint(w, serveAbout)
 	fmt.Fprintln(w, "\nFlags (also IMASH_MWS_<FLAG> environment variables and --config JSON keys):")
 	fs.SetOutput(w)
 	fs.PrintDefaults()
