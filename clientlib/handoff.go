@@ -123,11 +123,20 @@ func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOpt
 			}
 		}
 	}()
+	from := s.route()
 	for {
 		m, err := hs.Recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("clientlib: handoff ended without an outcome")
+			}
+			if stored {
+				// The MWS holding the savepoint failed: the cluster's
+				// replica of the session takes it back.
+				if r, rerr := s.reclaimLost(ctx, err, from); rerr == nil {
+					res.Restored = r
+					return res, fmt.Errorf("%w: %v", ErrRolledBack, err)
+				}
 			}
 			return nil, err
 		}
@@ -147,21 +156,31 @@ func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOpt
 				return nil, err
 			}
 		case *mwsv1.HandoffServerMsg_Ack:
-			// The MWS holds the state now: drop all session knowledge.
+			// The MWS (and its replica) holds the state now: drop all
+			// session knowledge but the key, which finds the replica
+			// should this MWS fail before the target takes the session.
 			stored = true
 			for _, c := range frozen {
 				c.release()
 			}
 			s.mu.Lock()
 			s.handedOff = true
-			s.key = ""
 			s.mu.Unlock()
 		case *mwsv1.HandoffServerMsg_Done:
 			res.Timings = timingsFrom(m.Done.Timings)
+			s.mu.Lock()
+			s.key = ""
+			s.mu.Unlock()
 			return res, nil
 		case *mwsv1.HandoffServerMsg_RolledBack:
 			cause := errors.New(m.RolledBack.Reason)
-			r, err := s.c.resume(ctx, m.RolledBack.Token, nil)
+			r, err := s.c.resumeAt(ctx, s.route(), m.RolledBack.Token, nil)
+			if err != nil {
+				// The MWS stopped meanwhile: the replica takes over.
+				if r2, rerr := s.reclaimLost(ctx, err, from); rerr == nil {
+					r, err = r2, nil
+				}
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%w: %v; taking the state back failed: %v", ErrRolledBack, cause, err)
 			}
@@ -172,6 +191,21 @@ func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOpt
 			return res, fmt.Errorf("%w: %v", ErrRolledBack, cause)
 		}
 	}
+}
+
+// reclaimLost takes the session back after the MWS that stored its
+// savepoint failed (cause): the session is looked for with its key on the
+// cluster's other MWSs, where its replica is taken up, and reclaimed there.
+func (s *Session) reclaimLost(ctx context.Context, cause error, from *route) (*Resumed, error) {
+	if !s.recover(ctx, cause, from) {
+		return nil, cause
+	}
+	r := s.route()
+	rc, err := r.api.Reclaim(ctx, &mwsv1.ReclaimRequest{SessionId: s.id})
+	if err != nil {
+		return nil, err
+	}
+	return s.c.resumeAt(ctx, r, rc.ResumeToken, nil)
 }
 
 // savepoint collects the app's elements and freezes open streams; it

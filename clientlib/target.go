@@ -171,7 +171,11 @@ func (c *Client) Serve(ctx context.Context, t Target) error {
 // resume fetches the selected elements with a resume token and returns the
 // session now owned by this device.
 func (c *Client) resume(ctx context.Context, token string, sel []string) (*Resumed, error) {
-	home := c.homeRoute()
+	return c.resumeAt(ctx, c.homeRoute(), token, sel)
+}
+
+// resumeAt is resume at the MWS of home, which issued the token.
+func (c *Client) resumeAt(ctx context.Context, home *route, token string, sel []string) (*Resumed, error) {
 	st, err := home.api.Resume(ctx, &mwsv1.ResumeRequest{Token: token, Select: sel})
 	if err != nil {
 		return nil, err

@@ -64,6 +64,12 @@ type ClusterConfig struct {
 	// DrainGrace bounds the wait, after a drain moved every session, for
 	// devices to follow before the MWS stops.
 	DrainGrace time.Duration
+	// Replicas is how many peers keep a replica of each session (its
+	// record, streams, savepoint and the savepoint's objects), so that it
+	// survives this MWS's failure: a savepoint is acknowledged only once
+	// they hold it. 0 turns replication off; without live peers there is
+	// nothing to replicate to.
+	Replicas int
 	// OnDrained is called after an operator's drain with exit set (the
 	// binary stops the process).
 	OnDrained func()
@@ -113,6 +119,7 @@ func NewDefaultClusterConfig() ClusterConfig {
 		OverloadTarget:  0.7,
 		BalanceInterval: 5 * time.Second,
 		DrainGrace:      10 * time.Second,
+		Replicas:        1,
 	}
 }
 
@@ -142,6 +149,9 @@ func (c ClusterConfig) Validate() error {
 	}
 	if c.OverloadAbove < 0 || c.OverloadAbove > 1 || (c.OverloadAbove > 0 && (c.OverloadTarget <= 0 || c.OverloadTarget >= c.OverloadAbove)) {
 		errs = append(errs, fmt.Errorf("OverloadAbove %v, OverloadTarget %v: want 0 <= target < above <= 1 (above 0 = off)", c.OverloadAbove, c.OverloadTarget))
+	}
+	if c.Replicas < 0 || c.Replicas > 3 {
+		errs = append(errs, fmt.Errorf("Replicas %d: want 0 to 3", c.Replicas))
 	}
 	if c.AdmissionSlack < 0 {
 		errs = append(errs, fmt.Errorf("AdmissionSlack %d: want >= 0", c.AdmissionSlack))

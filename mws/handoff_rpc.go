@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -166,6 +167,10 @@ func (s *Server) runHandoff(ctx context.Context, hs mwsv1.Device_HandoffServer, 
 		case cause = <-h.finished:
 		case <-resumeTimer.C:
 			cause = rpcerr.New(codes.DeadlineExceeded, "TARGET_TIMEOUT", "device %q did not resume within %v", h.target, s.cfg.ResumeTimeout)
+		case <-s.bgCtx.Done():
+			// The source may be gone by now (it dropped its state at the
+			// acknowledgement), so only this MWS stopping ends the wait.
+			cause = rpcerr.New(codes.Unavailable, "MWS_STOPPING", "MWS %s is stopping", s.cfg.Name)
 		}
 	}
 	if cause != nil {
@@ -198,8 +203,16 @@ func (s *Server) takeSavepoint(ctx context.Context, hs mwsv1.Device_HandoffServe
 		return err
 	}
 	ss.mu.Lock()
+	before := maps.Clone(ss.savepoint)
 	n, bytes := mergeSavepointLocked(ss, els)
 	ss.mu.Unlock()
+	// Acknowledged only once a peer holds it too.
+	if err := s.replicate(ctx, ss); err != nil {
+		ss.mu.Lock()
+		ss.savepoint = before
+		ss.mu.Unlock()
+		return err
+	}
 	h.mu.Lock()
 	h.timings.StateUploadUs = time.Since(tUp).Microseconds()
 	h.mu.Unlock()
@@ -432,6 +445,7 @@ func (s *Server) resume(ctx context.Context, req *mwsv1.ResumeRequest, out mwsv1
 		ss.mu.Unlock()
 		return err
 	}
+	s.replicateLater(ss)
 	s.log.Info("session resumed", "handoff", h.id, "session", ss.id, "device", p.device, "elements", len(els), "rollback", h.rollback)
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/imashproject/imash/internal/rpcerr"
+	"github.com/imashproject/imash/mws/objcache"
 	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 )
@@ -204,6 +205,7 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	// 5: the session is the target's; its device is told to follow.
 	s.sessions.forward(ss, &forward{user: ss.user, device: device, target: target,
 		expires: time.Now().Add(s.cfg.Cluster.ForwardTTL)})
+	s.dropReplicas(ss)
 	if opts.fash == nil {
 		s.events.publish(device, &mwsv1.Event{UnixNano: time.Now().UnixNano(), Msg: &mwsv1.Event_Moved{Moved: target}})
 	}
@@ -311,27 +313,12 @@ func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *sessio
 			continue
 		}
 		budget -= obj.Size
-		h := map[string]string{}
-		for k, vs := range obj.Header {
-			if len(vs) > 0 {
-				h[k] = vs[0]
-			}
-		}
-		body := obj.Body
-		for i := 0; ; i++ {
-			n := min(len(body), shipChunk)
-			m := &mwsv1.ShippedObject{Chunk: body[:n], Last: n == len(body)}
-			if i == 0 {
-				m.Digest, m.Status, m.ContentType, m.Header = obj.Digest, int32(obj.Status), obj.ContentType, h
-			}
-			if err := st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: m}}); err != nil {
-				_, rerr := st.CloseAndRecv()
-				return 0, 0, errors.Join(err, rerr)
-			}
-			body = body[n:]
-			if len(body) == 0 {
-				break
-			}
+		err := sendObject(obj, func(m *mwsv1.ShippedObject) error {
+			return st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: m}})
+		})
+		if err != nil {
+			_, rerr := st.CloseAndRecv()
+			return 0, 0, errors.Join(err, rerr)
 		}
 		objects++
 		bytes += obj.Size
@@ -340,6 +327,31 @@ func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *sessio
 		return 0, 0, err
 	}
 	return objects, bytes, nil
+}
+
+// sendObject sends an original server object in chunks.
+func sendObject(obj *objcache.Object, send func(*mwsv1.ShippedObject) error) error {
+	h := map[string]string{}
+	for k, vs := range obj.Header {
+		if len(vs) > 0 {
+			h[k] = vs[0]
+		}
+	}
+	body := obj.Body
+	for i := 0; ; i++ {
+		n := min(len(body), shipChunk)
+		m := &mwsv1.ShippedObject{Chunk: body[:n], Last: n == len(body)}
+		if i == 0 {
+			m.Digest, m.Status, m.ContentType, m.Header = obj.Digest, int32(obj.Status), obj.ContentType, h
+		}
+		if err := send(m); err != nil {
+			return err
+		}
+		body = body[n:]
+		if len(body) == 0 {
+			return nil
+		}
+	}
 }
 
 // peerStatus keeps a peer's typed denial and reports anything else as the

@@ -55,6 +55,13 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 	} else {
 		ss = s.sessions.lookup(req.GetSessionId())
 		if ss == nil {
+			// Its MWS may be gone, with a replica here.
+			var err error
+			if ss, err = s.takeUp(ctx, req.GetSessionId(), id.Name, req.GetSessionKey()); err != nil {
+				return nil, err
+			}
+		}
+		if ss == nil {
 			return nil, s.sessions.notHere(req.GetSessionId(), id.Name)
 		}
 		ss.mu.Lock()
@@ -98,6 +105,7 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 	tok, exp := s.creds.issue(user, id.Name)
 	s.registry.seen(user, id.Name)
 	s.log.Info("device moved in", "session", ss.id, "device", id.Name, "user", user)
+	s.replicateLater(ss)
 	return &mwsv1.MoveInResponse{Credential: tok, ExpiresUnixNano: exp.UnixNano(), Mws: s.cfg.Name,
 		SessionId: ss.id, SessionKey: key, Peers: s.peerAddrs()}, nil
 }

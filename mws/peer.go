@@ -334,7 +334,16 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 		return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "%d objects exceed %d", len(hdr.GetObjects()), s.cfg.Cluster.MaxMoveObjects)
 	}
 	in.rec.Objects = append(in.rec.Objects, hdr.GetObjects()...)
-	objs, err := s.receiveObjects(st, in.rec)
+	objs, err := s.receiveObjects(func() (*mwsv1.ShippedObject, error) {
+		m, err := st.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if m.GetObject() == nil {
+			return nil, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "only objects may follow the header")
+		}
+		return m.GetObject(), nil
+	}, in.rec.GetObjects())
 	if err != nil {
 		return err
 	}
@@ -385,16 +394,19 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 		return installErr
 	}
 	s.registry.seen(ss.user, ss.device)
+	s.replicas.drop(ss.id, 0)
+	s.replicateLater(ss)
 	s.log.Info("session moved in", "session", ss.id, "from", from.Name, "device", ss.device,
 		"streams", len(ss.streams), "objects", objs, "reason", in.reason)
 	return st.SendAndClose(&mwsv1.CompleteMoveResponse{Streams: int32(len(ss.streams)), Objects: int32(objs)})
 }
 
-// receiveObjects stores the original objects a move ships, checking each
-// against its digest and the configured bounds.
-func (s *Server) receiveObjects(st mwsv1.Peer_CompleteMoveServer, rec *mwsv1.SessionRecord) (int, error) {
+// receiveObjects stores the original objects a move or a replica ships
+// (next returns io.EOF after the last), checking each against its digest,
+// the digests announced and the configured bounds.
+func (s *Server) receiveObjects(next func() (*mwsv1.ShippedObject, error), announced []string) (int, error) {
 	allowed := map[string]bool{}
-	for _, d := range rec.GetObjects() {
+	for _, d := range announced {
 		allowed[d] = true
 	}
 	var total int64
@@ -402,7 +414,7 @@ func (s *Server) receiveObjects(st mwsv1.Peer_CompleteMoveServer, rec *mwsv1.Ses
 	var cur *mwsv1.ShippedObject
 	var body []byte
 	for {
-		m, err := st.Recv()
+		o, err := next()
 		if errors.Is(err, io.EOF) {
 			if cur != nil {
 				return n, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "object %s ends without its last chunk", cur.GetDigest())
@@ -411,10 +423,6 @@ func (s *Server) receiveObjects(st mwsv1.Peer_CompleteMoveServer, rec *mwsv1.Ses
 		}
 		if err != nil {
 			return n, err
-		}
-		o := m.GetObject()
-		if o == nil {
-			return n, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "only objects may follow the header")
 		}
 		if cur == nil {
 			if !allowed[o.GetDigest()] {

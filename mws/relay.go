@@ -57,6 +57,7 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 		ss.streams[rs.id] = rs
 		ss.mu.Unlock()
 		s.log.Info("stream opened", "session", ss.id, "stream", rs.id, "backend", rs.backend)
+		s.replicateLater(ss)
 	} else {
 		ss.mu.Lock()
 		rs = ss.streams[open.GetStreamId()]

@@ -54,6 +54,12 @@ func badSavepoint(format string, args ...any) error {
 // checkSavepoint validates uploaded elements against the session and the
 // limits; nothing is stored unless every element is valid.
 func (s *Server) checkSavepoint(ss *session, els []*mwsv1.Element) error {
+	return s.checkElements(ss, els, true)
+}
+
+// checkElements is checkSavepoint; cached says whether a server object
+// must be in the cache (a replica may lack one its owner evicted).
+func (s *Server) checkElements(ss *session, els []*mwsv1.Element, cached bool) error {
 	if len(els) > s.cfg.MaxSavepointElements {
 		return rpcerr.New(codes.InvalidArgument, "SAVEPOINT_TOO_LARGE", "%d elements exceed the limit of %d", len(els), s.cfg.MaxSavepointElements)
 	}
@@ -87,7 +93,7 @@ func (s *Server) checkSavepoint(ss *session, els []*mwsv1.Element) error {
 			if _, ok := ss.objects[e.GetDigest()]; !ok {
 				return rpcerr.New(codes.InvalidArgument, "UNKNOWN_OBJECT_REF", "element %q refers to %q, which this session never fetched", e.GetName(), e.GetDigest())
 			}
-			if _, ok := s.cache.Lookup(e.GetDigest()); !ok {
+			if _, ok := s.cache.Lookup(e.GetDigest()); cached && !ok {
 				return rpcerr.New(codes.FailedPrecondition, "OBJECT_EVICTED", "element %q: object %q is no longer cached", e.GetName(), e.GetDigest())
 			}
 		case mwsv1.ElementKind_ELEMENT_KIND_APP_OBJECT, mwsv1.ElementKind_ELEMENT_KIND_PROGRESS:

@@ -49,6 +49,12 @@ type Server struct {
 
 	peers    *peerPool
 	moves    *moveTable
+	replicas *replicaTable
+	// bg counts background work (replication) that Close waits for;
+	// bgCtx ends when Close begins, as do handoffs waiting for a target.
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 	draining atomic.Bool
 	docs     profileDocs
 	paths    pathMoves
@@ -84,7 +90,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		http:     map[string]bool{},
 		peers:    newPeerPool(cfg.Cluster.PeerTLS, log),
 		moves:    newMoveTable(),
+		replicas: newReplicaTable(cfg.MaxSessions),
 	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if !cfg.NoAdaptation {
 		a := cfg.ContentAdapter
 		if a == nil {
@@ -218,7 +226,9 @@ func (s *Server) close(ctx context.Context) error {
 	<-s.janitorDone
 	<-s.balancerDone
 	s.events.closeAll()
+	s.bgCancel()
 	defer s.peers.close()
+	defer s.bg.Wait()
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
 	select {
@@ -256,6 +266,7 @@ func (s *Server) janitor() {
 func (s *Server) expireIdle(cutoff time.Time) {
 	for _, ss := range s.sessions.idle(cutoff) {
 		n := s.closeStreams(context.Background(), ss)
+		s.dropReplicas(ss)
 		s.log.Info("idle session ended", "session", ss.id, "user", ss.user, "streams", n)
 	}
 }
@@ -334,6 +345,7 @@ func (d *deviceService) OpenSession(ctx context.Context, req *mwsv1.OpenSessionR
 		return nil, err
 	}
 	d.s.log.Info("session opened", "session", ss.id, "user", p.user, "device", p.device, "app", ss.app)
+	d.s.replicateLater(ss)
 	return &mwsv1.OpenSessionResponse{SessionId: ss.id, SessionKey: key, Moved: d.s.admit(ctx, ss)}, nil
 }
 
@@ -347,6 +359,7 @@ func (d *deviceService) CloseSession(ctx context.Context, req *mwsv1.CloseSessio
 		return &mwsv1.CloseSessionResponse{}, nil
 	}
 	d.s.closeStreams(ctx, ss)
+	d.s.dropReplicas(ss)
 	d.s.log.Info("session closed", "session", ss.id, "user", p.user)
 	return &mwsv1.CloseSessionResponse{}, nil
 }

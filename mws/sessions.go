@@ -45,6 +45,9 @@ type session struct {
 	// zero while a move waits for it.
 	inflight int
 	quiet    chan struct{}
+
+	// repl is the session's replication to its peers (replica.go).
+	repl replState
 }
 
 // endCall ends a call counted by Server.sessionCall.

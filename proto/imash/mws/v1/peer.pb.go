@@ -1750,6 +1750,292 @@ func (*FashReply_Answer) isFashReply_Msg() {}
 
 func (*FashReply_Done) isFashReply_Msg() {}
 
+type ReplicaHeader struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Session   *SessionRecord         `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Streams   []*MovedStream         `protobuf:"bytes,2,rep,name=streams,proto3" json:"streams,omitempty"`
+	Savepoint []*Element             `protobuf:"bytes,3,rep,name=savepoint,proto3" json:"savepoint,omitempty"`
+	// Increases with every replica of the session its owner sends; an older
+	// one never replaces a newer.
+	Version       uint64 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaHeader) Reset() {
+	*x = ReplicaHeader{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaHeader) ProtoMessage() {}
+
+func (x *ReplicaHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaHeader.ProtoReflect.Descriptor instead.
+func (*ReplicaHeader) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ReplicaHeader) GetSession() *SessionRecord {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *ReplicaHeader) GetStreams() []*MovedStream {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
+
+func (x *ReplicaHeader) GetSavepoint() []*Element {
+	if x != nil {
+		return x.Savepoint
+	}
+	return nil
+}
+
+func (x *ReplicaHeader) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type ReplicaMsg struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ReplicaMsg_Header
+	//	*ReplicaMsg_Object
+	Msg           isReplicaMsg_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaMsg) Reset() {
+	*x = ReplicaMsg{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaMsg) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaMsg) ProtoMessage() {}
+
+func (x *ReplicaMsg) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaMsg.ProtoReflect.Descriptor instead.
+func (*ReplicaMsg) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ReplicaMsg) GetMsg() isReplicaMsg_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ReplicaMsg) GetHeader() *ReplicaHeader {
+	if x != nil {
+		if x, ok := x.Msg.(*ReplicaMsg_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *ReplicaMsg) GetObject() *ShippedObject {
+	if x != nil {
+		if x, ok := x.Msg.(*ReplicaMsg_Object); ok {
+			return x.Object
+		}
+	}
+	return nil
+}
+
+type isReplicaMsg_Msg interface {
+	isReplicaMsg_Msg()
+}
+
+type ReplicaMsg_Header struct {
+	Header *ReplicaHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type ReplicaMsg_Object struct {
+	Object *ShippedObject `protobuf:"bytes,2,opt,name=object,proto3,oneof"`
+}
+
+func (*ReplicaMsg_Header) isReplicaMsg_Msg() {}
+
+func (*ReplicaMsg_Object) isReplicaMsg_Msg() {}
+
+type ReplicateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Digests of the savepoint's objects the replica still lacks (none once
+	// the objects have been sent).
+	Missing       []string `protobuf:"bytes,1,rep,name=missing,proto3" json:"missing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateResponse) Reset() {
+	*x = ReplicateResponse{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateResponse) ProtoMessage() {}
+
+func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
+func (*ReplicateResponse) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReplicateResponse) GetMissing() []string {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
+}
+
+type DropReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropReplicaRequest) Reset() {
+	*x = DropReplicaRequest{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropReplicaRequest) ProtoMessage() {}
+
+func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropReplicaRequest.ProtoReflect.Descriptor instead.
+func (*DropReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DropReplicaRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *DropReplicaRequest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type DropReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropReplicaResponse) Reset() {
+	*x = DropReplicaResponse{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropReplicaResponse) ProtoMessage() {}
+
+func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropReplicaResponse.ProtoReflect.Descriptor instead.
+func (*DropReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{31}
+}
+
 var File_imash_mws_v1_peer_proto protoreflect.FileDescriptor
 
 const file_imash_mws_v1_peer_proto_rawDesc = "" +
@@ -1875,13 +2161,32 @@ const file_imash_mws_v1_peer_proto_rawDesc = "" +
 	"\x06parked\x18\x01 \x01(\v2\x18.imash.mws.v1.FashParkedH\x00R\x06parked\x122\n" +
 	"\x06answer\x18\x02 \x01(\v2\x18.imash.mws.v1.FashAnswerH\x00R\x06answer\x12,\n" +
 	"\x04done\x18\x03 \x01(\v2\x16.imash.mws.v1.FashDoneH\x00R\x04doneB\x05\n" +
-	"\x03msg2\xf8\x02\n" +
+	"\x03msg\"\xca\x01\n" +
+	"\rReplicaHeader\x125\n" +
+	"\asession\x18\x01 \x01(\v2\x1b.imash.mws.v1.SessionRecordR\asession\x123\n" +
+	"\astreams\x18\x02 \x03(\v2\x19.imash.mws.v1.MovedStreamR\astreams\x123\n" +
+	"\tsavepoint\x18\x03 \x03(\v2\x15.imash.mws.v1.ElementR\tsavepoint\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\x04R\aversion\"\x81\x01\n" +
+	"\n" +
+	"ReplicaMsg\x125\n" +
+	"\x06header\x18\x01 \x01(\v2\x1b.imash.mws.v1.ReplicaHeaderH\x00R\x06header\x125\n" +
+	"\x06object\x18\x02 \x01(\v2\x1b.imash.mws.v1.ShippedObjectH\x00R\x06objectB\x05\n" +
+	"\x03msg\"-\n" +
+	"\x11ReplicateResponse\x12\x18\n" +
+	"\amissing\x18\x01 \x03(\tR\amissing\"M\n" +
+	"\x12DropReplicaRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\x15\n" +
+	"\x13DropReplicaResponse2\x96\x04\n" +
 	"\x04Peer\x12R\n" +
 	"\vPrepareMove\x12 .imash.mws.v1.PrepareMoveRequest\x1a!.imash.mws.v1.PrepareMoveResponse\x12S\n" +
 	"\fCompleteMove\x12\x1d.imash.mws.v1.CompleteMoveMsg\x1a\".imash.mws.v1.CompleteMoveResponse(\x01\x12L\n" +
 	"\tAbortMove\x12\x1e.imash.mws.v1.AbortMoveRequest\x1a\x1f.imash.mws.v1.AbortMoveResponse\x12=\n" +
 	"\x04Load\x12\x19.imash.mws.v1.LoadRequest\x1a\x1a.imash.mws.v1.LoadResponse\x12:\n" +
-	"\x04Fash\x12\x15.imash.mws.v1.FashMsg\x1a\x17.imash.mws.v1.FashReply(\x010\x012\xd5\x01\n" +
+	"\x04Fash\x12\x15.imash.mws.v1.FashMsg\x1a\x17.imash.mws.v1.FashReply(\x010\x01\x12H\n" +
+	"\tReplicate\x12\x18.imash.mws.v1.ReplicaMsg\x1a\x1f.imash.mws.v1.ReplicateResponse(\x01\x12R\n" +
+	"\vDropReplica\x12 .imash.mws.v1.DropReplicaRequest\x1a!.imash.mws.v1.DropReplicaResponse2\xd5\x01\n" +
 	"\bOperator\x12=\n" +
 	"\x04Move\x12\x19.imash.mws.v1.MoveRequest\x1a\x1a.imash.mws.v1.MoveResponse\x12B\n" +
 	"\x05Drain\x12\x1a.imash.mws.v1.DrainRequest\x1a\x1b.imash.mws.v1.DrainProgress0\x01\x12F\n" +
@@ -1899,7 +2204,7 @@ func file_imash_mws_v1_peer_proto_rawDescGZIP() []byte {
 	return file_imash_mws_v1_peer_proto_rawDescData
 }
 
-var file_imash_mws_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_imash_mws_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_imash_mws_v1_peer_proto_goTypes = []any{
 	(*SessionRecord)(nil),        // 0: imash.mws.v1.SessionRecord
 	(*PrepareMoveRequest)(nil),   // 1: imash.mws.v1.PrepareMoveRequest
@@ -1928,46 +2233,60 @@ var file_imash_mws_v1_peer_proto_goTypes = []any{
 	(*FashParked)(nil),           // 24: imash.mws.v1.FashParked
 	(*FashDone)(nil),             // 25: imash.mws.v1.FashDone
 	(*FashReply)(nil),            // 26: imash.mws.v1.FashReply
-	nil,                          // 27: imash.mws.v1.ShippedObject.HeaderEntry
-	(*Element)(nil),              // 28: imash.mws.v1.Element
-	(*HandoffTimings)(nil),       // 29: imash.mws.v1.HandoffTimings
+	(*ReplicaHeader)(nil),        // 27: imash.mws.v1.ReplicaHeader
+	(*ReplicaMsg)(nil),           // 28: imash.mws.v1.ReplicaMsg
+	(*ReplicateResponse)(nil),    // 29: imash.mws.v1.ReplicateResponse
+	(*DropReplicaRequest)(nil),   // 30: imash.mws.v1.DropReplicaRequest
+	(*DropReplicaResponse)(nil),  // 31: imash.mws.v1.DropReplicaResponse
+	nil,                          // 32: imash.mws.v1.ShippedObject.HeaderEntry
+	(*Element)(nil),              // 33: imash.mws.v1.Element
+	(*HandoffTimings)(nil),       // 34: imash.mws.v1.HandoffTimings
 }
 var file_imash_mws_v1_peer_proto_depIdxs = []int32{
 	0,  // 0: imash.mws.v1.PrepareMoveRequest.session:type_name -> imash.mws.v1.SessionRecord
 	3,  // 1: imash.mws.v1.CompleteMoveHeader.streams:type_name -> imash.mws.v1.MovedStream
-	28, // 2: imash.mws.v1.CompleteMoveHeader.savepoint:type_name -> imash.mws.v1.Element
-	27, // 3: imash.mws.v1.ShippedObject.header:type_name -> imash.mws.v1.ShippedObject.HeaderEntry
+	33, // 2: imash.mws.v1.CompleteMoveHeader.savepoint:type_name -> imash.mws.v1.Element
+	32, // 3: imash.mws.v1.ShippedObject.header:type_name -> imash.mws.v1.ShippedObject.HeaderEntry
 	4,  // 4: imash.mws.v1.CompleteMoveMsg.header:type_name -> imash.mws.v1.CompleteMoveHeader
 	5,  // 5: imash.mws.v1.CompleteMoveMsg.object:type_name -> imash.mws.v1.ShippedObject
 	14, // 6: imash.mws.v1.MoveResponse.timings:type_name -> imash.mws.v1.MoveTimings
 	18, // 7: imash.mws.v1.MembersResponse.members:type_name -> imash.mws.v1.Member
 	20, // 8: imash.mws.v1.FashMsg.start:type_name -> imash.mws.v1.FashStart
 	21, // 9: imash.mws.v1.FashMsg.state:type_name -> imash.mws.v1.FashState
-	29, // 10: imash.mws.v1.FashDone.timings:type_name -> imash.mws.v1.HandoffTimings
+	34, // 10: imash.mws.v1.FashDone.timings:type_name -> imash.mws.v1.HandoffTimings
 	24, // 11: imash.mws.v1.FashReply.parked:type_name -> imash.mws.v1.FashParked
 	23, // 12: imash.mws.v1.FashReply.answer:type_name -> imash.mws.v1.FashAnswer
 	25, // 13: imash.mws.v1.FashReply.done:type_name -> imash.mws.v1.FashDone
-	1,  // 14: imash.mws.v1.Peer.PrepareMove:input_type -> imash.mws.v1.PrepareMoveRequest
-	6,  // 15: imash.mws.v1.Peer.CompleteMove:input_type -> imash.mws.v1.CompleteMoveMsg
-	8,  // 16: imash.mws.v1.Peer.AbortMove:input_type -> imash.mws.v1.AbortMoveRequest
-	10, // 17: imash.mws.v1.Peer.Load:input_type -> imash.mws.v1.LoadRequest
-	22, // 18: imash.mws.v1.Peer.Fash:input_type -> imash.mws.v1.FashMsg
-	12, // 19: imash.mws.v1.Operator.Move:input_type -> imash.mws.v1.MoveRequest
-	15, // 20: imash.mws.v1.Operator.Drain:input_type -> imash.mws.v1.DrainRequest
-	17, // 21: imash.mws.v1.Operator.Members:input_type -> imash.mws.v1.MembersRequest
-	2,  // 22: imash.mws.v1.Peer.PrepareMove:output_type -> imash.mws.v1.PrepareMoveResponse
-	7,  // 23: imash.mws.v1.Peer.CompleteMove:output_type -> imash.mws.v1.CompleteMoveResponse
-	9,  // 24: imash.mws.v1.Peer.AbortMove:output_type -> imash.mws.v1.AbortMoveResponse
-	11, // 25: imash.mws.v1.Peer.Load:output_type -> imash.mws.v1.LoadResponse
-	26, // 26: imash.mws.v1.Peer.Fash:output_type -> imash.mws.v1.FashReply
-	13, // 27: imash.mws.v1.Operator.Move:output_type -> imash.mws.v1.MoveResponse
-	16, // 28: imash.mws.v1.Operator.Drain:output_type -> imash.mws.v1.DrainProgress
-	19, // 29: imash.mws.v1.Operator.Members:output_type -> imash.mws.v1.MembersResponse
-	22, // [22:30] is the sub-list for method output_type
-	14, // [14:22] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	0,  // 14: imash.mws.v1.ReplicaHeader.session:type_name -> imash.mws.v1.SessionRecord
+	3,  // 15: imash.mws.v1.ReplicaHeader.streams:type_name -> imash.mws.v1.MovedStream
+	33, // 16: imash.mws.v1.ReplicaHeader.savepoint:type_name -> imash.mws.v1.Element
+	27, // 17: imash.mws.v1.ReplicaMsg.header:type_name -> imash.mws.v1.ReplicaHeader
+	5,  // 18: imash.mws.v1.ReplicaMsg.object:type_name -> imash.mws.v1.ShippedObject
+	1,  // 19: imash.mws.v1.Peer.PrepareMove:input_type -> imash.mws.v1.PrepareMoveRequest
+	6,  // 20: imash.mws.v1.Peer.CompleteMove:input_type -> imash.mws.v1.CompleteMoveMsg
+	8,  // 21: imash.mws.v1.Peer.AbortMove:input_type -> imash.mws.v1.AbortMoveRequest
+	10, // 22: imash.mws.v1.Peer.Load:input_type -> imash.mws.v1.LoadRequest
+	22, // 23: imash.mws.v1.Peer.Fash:input_type -> imash.mws.v1.FashMsg
+	28, // 24: imash.mws.v1.Peer.Replicate:input_type -> imash.mws.v1.ReplicaMsg
+	30, // 25: imash.mws.v1.Peer.DropReplica:input_type -> imash.mws.v1.DropReplicaRequest
+	12, // 26: imash.mws.v1.Operator.Move:input_type -> imash.mws.v1.MoveRequest
+	15, // 27: imash.mws.v1.Operator.Drain:input_type -> imash.mws.v1.DrainRequest
+	17, // 28: imash.mws.v1.Operator.Members:input_type -> imash.mws.v1.MembersRequest
+	2,  // 29: imash.mws.v1.Peer.PrepareMove:output_type -> imash.mws.v1.PrepareMoveResponse
+	7,  // 30: imash.mws.v1.Peer.CompleteMove:output_type -> imash.mws.v1.CompleteMoveResponse
+	9,  // 31: imash.mws.v1.Peer.AbortMove:output_type -> imash.mws.v1.AbortMoveResponse
+	11, // 32: imash.mws.v1.Peer.Load:output_type -> imash.mws.v1.LoadResponse
+	26, // 33: imash.mws.v1.Peer.Fash:output_type -> imash.mws.v1.FashReply
+	29, // 34: imash.mws.v1.Peer.Replicate:output_type -> imash.mws.v1.ReplicateResponse
+	31, // 35: imash.mws.v1.Peer.DropReplica:output_type -> imash.mws.v1.DropReplicaResponse
+	13, // 36: imash.mws.v1.Operator.Move:output_type -> imash.mws.v1.MoveResponse
+	16, // 37: imash.mws.v1.Operator.Drain:output_type -> imash.mws.v1.DrainProgress
+	19, // 38: imash.mws.v1.Operator.Members:output_type -> imash.mws.v1.MembersResponse
+	29, // [29:39] is the sub-list for method output_type
+	19, // [19:29] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_imash_mws_v1_peer_proto_init() }
@@ -1989,13 +2308,17 @@ func file_imash_mws_v1_peer_proto_init() {
 		(*FashReply_Answer)(nil),
 		(*FashReply_Done)(nil),
 	}
+	file_imash_mws_v1_peer_proto_msgTypes[28].OneofWrappers = []any{
+		(*ReplicaMsg_Header)(nil),
+		(*ReplicaMsg_Object)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imash_mws_v1_peer_proto_rawDesc), len(file_imash_mws_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -43,6 +43,8 @@ const (
 	Peer_AbortMove_FullMethodName    = "/imash.mws.v1.Peer/AbortMove"
 	Peer_Load_FullMethodName         = "/imash.mws.v1.Peer/Load"
 	Peer_Fash_FullMethodName         = "/imash.mws.v1.Peer/Fash"
+	Peer_Replicate_FullMethodName    = "/imash.mws.v1.Peer/Replicate"
+	Peer_DropReplica_FullMethodName  = "/imash.mws.v1.Peer/DropReplica"
 )
 
 // PeerClient is the client API for Peer service.
@@ -73,6 +75,15 @@ type PeerClient interface {
 	// the session back to the caller before it returns the error, so that
 	// the source takes it back there.
 	Fash(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FashMsg, FashReply], error)
+	// Replicate stores a replica of a session this caller holds: its record,
+	// streams and stored savepoint, then the original server objects the
+	// savepoint refers to that the replica lacks. The caller acknowledges a
+	// savepoint to its device only after this returns, so an acknowledged
+	// savepoint survives the caller's failure; the session is then taken up
+	// here when its device comes looking for it.
+	Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ReplicaMsg, ReplicateResponse], error)
+	// DropReplica forgets the replica of a session that closed or moved.
+	DropReplica(ctx context.Context, in *DropReplicaRequest, opts ...grpc.CallOption) (*DropReplicaResponse, error)
 }
 
 type peerClient struct {
@@ -139,6 +150,29 @@ func (c *peerClient) Fash(ctx context.Context, opts ...grpc.CallOption) (grpc.Bi
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Peer_FashClient = grpc.BidiStreamingClient[FashMsg, FashReply]
 
+func (c *peerClient) Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ReplicaMsg, ReplicateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Peer_ServiceDesc.Streams[2], Peer_Replicate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReplicaMsg, ReplicateResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Peer_ReplicateClient = grpc.ClientStreamingClient[ReplicaMsg, ReplicateResponse]
+
+func (c *peerClient) DropReplica(ctx context.Context, in *DropReplicaRequest, opts ...grpc.CallOption) (*DropReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DropReplicaResponse)
+	err := c.cc.Invoke(ctx, Peer_DropReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -167,6 +201,15 @@ type PeerServer interface {
 	// the session back to the caller before it returns the error, so that
 	// the source takes it back there.
 	Fash(grpc.BidiStreamingServer[FashMsg, FashReply]) error
+	// Replicate stores a replica of a session this caller holds: its record,
+	// streams and stored savepoint, then the original server objects the
+	// savepoint refers to that the replica lacks. The caller acknowledges a
+	// savepoint to its device only after this returns, so an acknowledged
+	// savepoint survives the caller's failure; the session is then taken up
+	// here when its device comes looking for it.
+	Replicate(grpc.ClientStreamingServer[ReplicaMsg, ReplicateResponse]) error
+	// DropReplica forgets the replica of a session that closed or moved.
+	DropReplica(context.Context, *DropReplicaRequest) (*DropReplicaResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -191,6 +234,12 @@ func (UnimplementedPeerServer) Load(context.Context, *LoadRequest) (*LoadRespons
 }
 func (UnimplementedPeerServer) Fash(grpc.BidiStreamingServer[FashMsg, FashReply]) error {
 	return status.Error(codes.Unimplemented, "method Fash not implemented")
+}
+func (UnimplementedPeerServer) Replicate(grpc.ClientStreamingServer[ReplicaMsg, ReplicateResponse]) error {
+	return status.Error(codes.Unimplemented, "method Replicate not implemented")
+}
+func (UnimplementedPeerServer) DropReplica(context.Context, *DropReplicaRequest) (*DropReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DropReplica not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -281,6 +330,31 @@ func _Peer_Fash_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Peer_FashServer = grpc.BidiStreamingServer[FashMsg, FashReply]
 
+func _Peer_Replicate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PeerServer).Replicate(&grpc.GenericServerStream[ReplicaMsg, ReplicateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Peer_ReplicateServer = grpc.ClientStreamingServer[ReplicaMsg, ReplicateResponse]
+
+func _Peer_DropReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DropReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).DropReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_DropReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).DropReplica(ctx, req.(*DropReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -300,6 +374,10 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Load",
 			Handler:    _Peer_Load_Handler,
 		},
+		{
+			MethodName: "DropReplica",
+			Handler:    _Peer_DropReplica_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -311,6 +389,11 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Fash",
 			Handler:       _Peer_Fash_Handler,
 			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Replicate",
+			Handler:       _Peer_Replicate_Handler,
 			ClientStreams: true,
 		},
 	},

@@ -1,0 +1,327 @@
+package clientlib_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imashproject/imash/clientlib"
+	"github.com/imashproject/imash/internal/pki"
+	"github.com/imashproject/imash/internal/rpcerr"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+	"github.com/imashproject/imash/testbed/legacy"
+)
+
+// TestSavepointSurvivesMWSFailure: a handoff's savepoint is stored, and
+// then the MWS that stored it fails before the target takes the session.
+// The source finds the session's replica on another MWS with its key and
+// takes it up there: with the savepoint as stored, and the raw stream from
+// the next byte, both directions checked end to end over the one legacy
+// connection.
+//
+// An MWS that stops gracefully rolls the handoff back first, so the source
+// always has the acknowledgement and reclaims its stored state. One killed
+// at once may take the acknowledgement with it; the source then never
+// dropped its state, the handoff fails, and the session goes on from the
+// replica as it was.
+func TestSavepointSurvivesMWSFailure(t *testing.T) {
+	t.Run("graceful", func(t *testing.T) { testMWSFailure(t, true) })
+	t.Run("killed", func(t *testing.T) { testMWSFailure(t, false) })
+}
+
+func testMWSFailure(t *testing.T, graceful bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e := newMASHEnv(t, 8<<20, nil)
+	src := e.device(t, "pda", 0)
+	dst := e.device(t, "laptop", 0)
+	// The target accepts and then holds on to the summary: the savepoint
+	// is stored and acknowledged, the session not yet resumed.
+	summarised := make(chan struct{})
+	release := make(chan struct{})
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan struct{})
+	defer func() { close(release); stop(); <-served }()
+	go func() {
+		defer close(served)
+		dst.Serve(sctx, clientlib.Target{Select: func(clientlib.Summary) []string {
+			close(summarised)
+			<-release
+			return nil
+		}})
+	}()
+	home := e.cl.MWS[0].Name()
+	pollDeadline(t, "the laptop online", func() bool {
+		_, online, _ := e.cl.Peers.For(home).LookupDevice("doc", "laptop")
+		return online
+	})
+
+	sess, err := src.OpenSession(ctx, "notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := e.set.Images()[0]
+	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := sess.Dial(ctx, "stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := make([]byte, 1<<20)
+	if _, err := io.ReadFull(legacy.RandomStream(3), up); err != nil {
+		t.Fatal(err)
+	}
+	const upFirst, downFirst = 400009, 2<<20 + 77
+	if _, err := conn.Write(up[:upFirst]); err != nil {
+		t.Fatal(err)
+	}
+	down := sha256.New()
+	if _, err := io.CopyN(down, conn, downFirst); err != nil {
+		t.Fatal(err)
+	}
+	notes := bytes.Repeat([]byte("ward 4, bed 12; "), 4096)
+	sess.SetSavepointProvider(func(context.Context) ([]clientlib.Element, error) {
+		return []clientlib.Element{
+			{Name: "image", Kind: clientlib.ServerObject, Digest: obj.Digest},
+			{Name: "notes", Kind: clientlib.AppObject, Data: notes},
+		}, nil
+	})
+
+	type outcome struct {
+		res *clientlib.HandoffResult
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := sess.Handoff(ctx, "laptop")
+		done <- outcome{res, err}
+	}()
+	select {
+	case <-summarised:
+	case o := <-done:
+		t.Fatalf("the handoff ended before the target had the summary: %v", o.err)
+	case <-time.After(time.Minute):
+		t.Fatal("the target never got the summary")
+	}
+	closeCtx, closeCancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if !graceful {
+		closeCancel()
+	}
+	e.cl.MWS[0].Close(closeCtx)
+	closeCancel()
+
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the handoff never ended after its MWS failed")
+	}
+	var c2 *clientlib.Conn
+	var session *clientlib.Session
+	switch {
+	case errors.Is(o.err, clientlib.ErrRolledBack):
+		if o.res == nil || o.res.Restored == nil {
+			t.Fatalf("rolled back without the state: %v", o.err)
+		}
+		r := o.res.Restored
+		got := map[string]clientlib.DeliveredElement{}
+		for _, el := range r.Elements {
+			got[el.Name] = el
+		}
+		if !bytes.Equal(got["notes"].Data, notes) {
+			t.Fatalf("notes: %d bytes back, want %d", len(got["notes"].Data), len(notes))
+		}
+		if !bytes.Equal(got["image"].Data, obj.Body) {
+			t.Fatalf("image: %d bytes back, want the %d stored", len(got["image"].Data), len(obj.Body))
+		}
+		el := got["stream/"+conn.StreamID()]
+		if el.StreamOffset != downFirst {
+			t.Fatalf("stream element %+v, want offset %d", el, downFirst)
+		}
+		if c2, err = r.Conn(ctx, el); err != nil {
+			t.Fatal(err)
+		}
+		session = r.Session
+	case graceful:
+		t.Fatalf("got %v, want the session taken back from its replica", o.err)
+	case rpcerr.Code(o.err) == codes.Unavailable:
+		// The acknowledgement was lost with the MWS: the source kept
+		// everything, and its stream goes on.
+		c2, session = conn, sess
+		t.Logf("the acknowledgement was lost with the MWS: %v", o.err)
+	default:
+		t.Fatalf("got %v", o.err)
+	}
+	if _, err := c2.Write(up[upFirst:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(down, c2); err != nil {
+		t.Fatal(err)
+	}
+	lc, err := e.stream.WaitConn(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-lc.Done()
+	if [32]byte(down.Sum(nil)) != lc.SentSum() {
+		t.Fatal("down bytes differ across the failure")
+	}
+	if lc.ReceivedSum() != sha256.Sum256(up) {
+		t.Fatalf("up bytes differ: the legacy server received %d of %d", lc.Received(), len(up))
+	}
+	if n := e.stream.Accepted(); n != 1 {
+		t.Fatalf("the legacy server accepted %d connections", n)
+	}
+	if _, err := session.Get(ctx, "images", "/images/"+img.Name); err != nil {
+		t.Fatalf("Get on the taken-up session: %v", err)
+	}
+	if at := session.MWS(); at == home || at == "" {
+		t.Fatalf("the session is at %q, want another MWS than the failed %s", at, home)
+	}
+}
+
+// TestPeerCallsBadInput: malformed FASH and replica calls from an MWS
+// certificate get typed errors and change nothing; a replica's owner alone
+// drops it; a session whose owner is alive is not taken up from its
+// replica.
+func TestPeerCallsBadInput(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := newMASHEnv(t, 0, nil)
+	iss, err := e.cl.CA.Issue(pki.IssueRequest{Role: pki.RoleMWS, Name: "mws-rogue"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(e.cl.MWSAddrs[1], grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(iss.TLS, e.cl.CA.Pool(), pki.RoleMWS))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	peer := mwsv1.NewPeerClient(cc)
+
+	src := e.device(t, "pda", 0)
+	sess, err := src.OpenSession(ctx, "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Get(ctx, "images", "/images/"+e.set.Images()[0].Name); err != nil {
+		t.Fatal(err)
+	}
+
+	fash := func(msgs ...*mwsv1.FashMsg) error {
+		st, err := peer.Fash(ctx)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if err := st.Send(m); err != nil {
+				break
+			}
+		}
+		_, err = st.Recv()
+		return err
+	}
+	replicate := func(msgs ...*mwsv1.ReplicaMsg) error {
+		st, err := peer.Replicate(ctx)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if err := st.Send(m); err != nil {
+				break
+			}
+		}
+		_, err = st.CloseAndRecv()
+		return err
+	}
+	goodStart := &mwsv1.FashStart{HandoffId: "0123456789abcdef01234567", User: "doc", App: "viewer", FromDevice: "pda", TargetDevice: "pda", ConsentTimeoutMs: 1000}
+	badID := proto.Clone(goodStart).(*mwsv1.FashStart)
+	badID.HandoffId = "x"
+	badDev := proto.Clone(goodStart).(*mwsv1.FashStart)
+	badDev.TargetDevice = "../etc"
+	unknown := proto.Clone(goodStart).(*mwsv1.FashStart)
+	unknown.TargetDevice = "stranger"
+	rec := &mwsv1.SessionRecord{SessionId: "00112233445566778899aabbccddeeff", User: "doc", App: "viewer", Device: "pda", KeyHash: make([]byte, 32)}
+	for _, tc := range []struct {
+		name   string
+		call   func() error
+		code   codes.Code
+		reason string
+	}{
+		{"fash without start", func() error {
+			return fash(&mwsv1.FashMsg{Msg: &mwsv1.FashMsg_State{State: &mwsv1.FashState{MoveId: "x"}}})
+		}, codes.InvalidArgument, "START_REQUIRED"},
+		{"fash bad handoff id", func() error { return fash(&mwsv1.FashMsg{Msg: &mwsv1.FashMsg_Start{Start: badID}}) }, codes.InvalidArgument, "BAD_FASH_START"},
+		{"fash bad device", func() error { return fash(&mwsv1.FashMsg{Msg: &mwsv1.FashMsg_Start{Start: badDev}}) }, codes.InvalidArgument, "BAD_FASH_START"},
+		{"fash unknown device", func() error { return fash(&mwsv1.FashMsg{Msg: &mwsv1.FashMsg_Start{Start: unknown}}) }, codes.NotFound, "UNKNOWN_DEVICE"},
+		{"replica without header", func() error {
+			return replicate(&mwsv1.ReplicaMsg{Msg: &mwsv1.ReplicaMsg_Object{Object: &mwsv1.ShippedObject{}}})
+		}, codes.InvalidArgument, "HEADER_REQUIRED"},
+		{"replica bad record", func() error {
+			return replicate(&mwsv1.ReplicaMsg{Msg: &mwsv1.ReplicaMsg_Header{Header: &mwsv1.ReplicaHeader{Session: &mwsv1.SessionRecord{SessionId: "short"}}}})
+		}, codes.InvalidArgument, "BAD_SESSION_RECORD"},
+		{"replica object not announced", func() error {
+			return replicate(&mwsv1.ReplicaMsg{Msg: &mwsv1.ReplicaMsg_Header{Header: &mwsv1.ReplicaHeader{Session: rec}}},
+				&mwsv1.ReplicaMsg{Msg: &mwsv1.ReplicaMsg_Object{Object: &mwsv1.ShippedObject{Digest: "sha256:00", Chunk: []byte("x"), Last: true}}})
+		}, codes.InvalidArgument, "UNKNOWN_OBJECT_REF"},
+		{"replica refers to an object never fetched", func() error {
+			return replicate(&mwsv1.ReplicaMsg{Msg: &mwsv1.ReplicaMsg_Header{Header: &mwsv1.ReplicaHeader{Session: rec,
+				Savepoint: []*mwsv1.Element{{Name: "x", Kind: mwsv1.ElementKind_ELEMENT_KIND_SERVER_OBJECT, Digest: "sha256:00"}}}}})
+		}, codes.InvalidArgument, "UNKNOWN_OBJECT_REF"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if rpcerr.Code(err) != tc.code || rpcerr.Reason(err) != tc.reason {
+				t.Fatalf("got %v (reason %q), want %v %s", err, rpcerr.Reason(err), tc.code, tc.reason)
+			}
+			if _, err := sess.Get(ctx, "images", "/images/"+e.set.Images()[0].Name); err != nil {
+				t.Fatalf("the session suffered: %v", err)
+			}
+		})
+	}
+
+	// A replica of the real session, sent by a rogue MWS with a key hash
+	// of its choosing, is never taken up without the session's key; the
+	// session stays with its owner, streams and all.
+	hdr := &mwsv1.ReplicaHeader{Session: proto.Clone(rec).(*mwsv1.SessionRecord), Version: 1}
+	hdr.Session.SessionId = sess.ID()
+	if err := replicate(&mwsv1.ReplicaMsg{Msg: &mwsv1.ReplicaMsg_Header{Header: hdr}}); err != nil {
+		t.Fatal(err)
+	}
+	pda, roots, err := e.cl.DeviceCert("pda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := grpc.NewClient(e.cl.MWSAddrs[1], grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(pda, roots, pki.RoleMWS))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	_, err = mwsv1.NewDeviceClient(dc).MoveIn(ctx, &mwsv1.MoveInRequest{SessionId: sess.ID(), SessionKey: "guess"})
+	if rpcerr.Code(err) != codes.Unauthenticated || rpcerr.Reason(err) != "BAD_SESSION_KEY" {
+		t.Fatalf("move-in to a planted replica: %v, want BAD_SESSION_KEY", err)
+	}
+	if n := e.cl.MWS[1].Stats().Sessions; n != 0 {
+		t.Fatalf("%s holds %d sessions after the refused move-in", e.cl.MWS[1].Name(), n)
+	}
+	if sess.MWS() != e.cl.MWS[0].Name() {
+		t.Fatalf("the session moved to %s", sess.MWS())
+	}
+	if _, err := sess.Get(ctx, "images", "/images/"+e.set.Images()[1].Name); err != nil {
+		t.Fatalf("the session suffered: %v", err)
+	}
+}
