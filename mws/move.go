@@ -3,6 +3,7 @@ package mws
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -163,11 +164,7 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	target := &mwsv1.MoveTarget{SessionId: ss.id, Mws: &mwsv1.MWSAddr{Name: peer.Name, Addr: peer.Addr},
 		Token: prep.GetToken(), ExpiresUnixNano: prep.GetTokenExpiresUnixNano()}
 	abort := func(why error) {
-		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer acancel()
-		if _, err := api.AbortMove(actx, &mwsv1.AbortMoveRequest{MoveId: prep.GetMoveId(), Reason: why.Error()}); err != nil {
-			log.Warn("aborting the move at the target", "error", err)
-		}
+		s.abortMove(ctx, peer.Name, api, &mwsv1.AbortMoveRequest{MoveId: prep.GetMoveId(), Reason: why.Error()}, log)
 	}
 	if opts.fash != nil {
 		// The device is not invited; with its key it may still follow.
@@ -214,6 +211,63 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 		"prepare_us", res.Prepare.Microseconds(), "handover_us", res.Handover.Microseconds(),
 		"ship_us", res.Ship.Microseconds(), "total_us", res.Total.Microseconds())
 	return res, nil
+}
+
+// abortMove tells the target of a failed move to forget it. The target may
+// have installed the session although the source never heard so (the
+// answer was lost): until it hears the abort it holds a copy the source
+// also holds. So an abort the target does not get is sent again, in the
+// background, until it gets through or the move token has expired.
+func (s *Server) abortMove(ctx context.Context, peer string, api mwsv1.PeerClient, req *mwsv1.AbortMoveRequest, log *slog.Logger) {
+	try := func(api mwsv1.PeerClient, ctx context.Context) bool {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := api.AbortMove(actx, req)
+		switch {
+		case err == nil:
+			return true
+		case rpcerr.Reason(err) == "MOVE_COMPLETED":
+			// The device took the session there before the abort: the mux
+			// streams are back here, so its copy there cannot use them.
+			log.Error("a failed move completed at the target anyway: the device holds the session there", "error", err)
+			return true
+		case rpcerr.Reason(err) != "":
+			log.Warn("aborting the move at the target", "error", err)
+			return true
+		}
+		return false
+	}
+	if try(api, context.WithoutCancel(ctx)) {
+		return
+	}
+	log.Warn("the target did not get the abort; sending it again in the background")
+	deadline := time.Now().Add(s.cfg.Cluster.MoveTimeout + s.cfg.Cluster.MoveTokenTTL)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		backoff := 100 * time.Millisecond
+		for time.Now().Before(deadline) {
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.bgCtx.Done():
+				t.Stop()
+				return
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			// The peer's address may have changed meanwhile.
+			p, err := s.pickPeer(peer)
+			if err != nil {
+				continue
+			}
+			api, err := s.peers.client(p)
+			if err == nil && try(api, s.bgCtx) {
+				log.Info("the target got the abort", "move", req.GetMoveId())
+				return
+			}
+		}
+		log.Error("the target never got the abort of a failed move", "move", req.GetMoveId())
+	}()
 }
 
 // recordLocked describes ss for a peer.

@@ -395,10 +395,22 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	}
 	s.registry.seen(ss.user, ss.device)
 	s.replicas.drop(ss.id, 0)
+	if err := st.SendAndClose(&mwsv1.CompleteMoveResponse{Streams: int32(len(ss.streams)), Objects: int32(objs)}); err != nil {
+		// The source will not hear that the session is here: it keeps it,
+		// so this copy goes unless its device already took it.
+		s.moves.mu.Lock()
+		used := in.used
+		s.moves.mu.Unlock()
+		if !used && s.sessions.remove(ss.id) != nil {
+			s.moves.remove(in)
+			s.log.Warn("move answer lost: the session stays at the source", "session", ss.id, "from", from.Name, "error", err)
+		}
+		return err
+	}
 	s.replicateLater(ss)
 	s.log.Info("session moved in", "session", ss.id, "from", from.Name, "device", ss.device,
 		"streams", len(ss.streams), "objects", objs, "reason", in.reason)
-	return st.SendAndClose(&mwsv1.CompleteMoveResponse{Streams: int32(len(ss.streams)), Objects: int32(objs)})
+	return nil
 }
 
 // receiveObjects stores the original objects a move or a replica ships
