@@ -7,6 +7,7 @@ import (
 	"errors"
 	"hash"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -183,6 +184,15 @@ func TestFASH(t *testing.T) {
 	defer cancel()
 	e := newFASHEnv(t, ctx, clientlib.Target{})
 	requests := e.images.Requests()
+	// The PDA's MWS lists the workstation, online at the other MWS.
+	devs, err := e.src.Devices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(devs, func(d clientlib.DeviceInfo) bool { return d.Name == "workstation" })
+	if i < 0 || !devs[i].Online || devs[i].MWS != e.cl.MWS[1].Name() {
+		t.Fatalf("devices %+v: want the workstation online at %s", devs, e.cl.MWS[1].Name())
+	}
 
 	res, err := e.sess.Handoff(ctx, "workstation")
 	if err != nil {

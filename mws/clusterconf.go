@@ -188,6 +188,16 @@ type Membership interface {
 	// not; LookupDevice finds the MWS serving a device.
 	SetDevice(user, device string, online bool)
 	LookupDevice(user, device string) (mws string, online bool, ok bool)
+	// Devices lists the user's devices the directory knows, in any order.
+	Devices(user string) []DeviceLocation
+}
+
+// DeviceLocation is where the cluster's directory places a device.
+type DeviceLocation struct {
+	Name    string
+	MWS     string // serving it, or the last one that did
+	Online  bool
+	Updated time.Time
 }
 
 // leastLoaded returns the alive, not draining peer with the lowest load,
@@ -217,8 +227,9 @@ type StaticPeers struct {
 }
 
 type staticDevice struct {
-	mws    string
-	online bool
+	mws     string
+	online  bool
+	updated time.Time
 }
 
 // NewStaticPeers returns an empty static membership.
@@ -275,9 +286,21 @@ func (v staticView) SetDevice(user, device string, online bool) {
 	v.s.mu.Lock()
 	k := [2]string{user, device}
 	if online || v.s.devices[k].mws == v.self {
-		v.s.devices[k] = staticDevice{mws: v.self, online: online}
+		v.s.devices[k] = staticDevice{mws: v.self, online: online, updated: time.Now()}
 	}
 	v.s.mu.Unlock()
+}
+
+func (v staticView) Devices(user string) []DeviceLocation {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	var out []DeviceLocation
+	for k, d := range v.s.devices {
+		if k[0] == user {
+			out = append(out, DeviceLocation{Name: k[1], MWS: d.mws, Online: d.online, Updated: d.updated})
+		}
+	}
+	return out
 }
 
 func (v staticView) LookupDevice(user, device string) (string, bool, bool) {

@@ -143,6 +143,15 @@ func (g *Gossip) LookupDevice(user, device string) (string, bool, bool) {
 	return e.MWS, e.Online, ok
 }
 
+// Devices lists the user's devices in the cluster's directory.
+func (g *Gossip) Devices(user string) []DeviceLocation {
+	var out []DeviceLocation
+	for name, e := range g.c.Devices(user) {
+		out = append(out, DeviceLocation{Name: name, MWS: e.MWS, Online: e.Online, Updated: e.Updated})
+	}
+	return out
+}
+
 // publisher sends pending loads to the cluster one at a time.
 func (g *Gossip) publisher() {
 	defer g.done.Done()

@@ -18,7 +18,27 @@ import (
 
 func (d *deviceService) ListDevices(ctx context.Context, _ *mwsv1.ListDevicesRequest) (*mwsv1.ListDevicesResponse, error) {
 	p := principalFrom(ctx)
-	return &mwsv1.ListDevicesResponse{Devices: d.s.registry.list(p.user, d.s.cfg.Name, d.s.cfg.Policy.Class)}, nil
+	s := d.s
+	devs := s.registry.list(p.user, s.cfg.Name, s.cfg.Policy.Class)
+	// Devices on other MWSs are handoff targets too (FASH).
+	if m := s.cfg.Cluster.Membership; m != nil {
+		for _, loc := range m.Devices(p.user) {
+			if loc.MWS == s.cfg.Name {
+				continue
+			}
+			i := slices.IndexFunc(devs, func(d *mwsv1.DeviceInfo) bool { return d.Name == loc.Name })
+			switch {
+			case i < 0:
+				devs = append(devs, &mwsv1.DeviceInfo{Name: loc.Name, DeviceClass: s.cfg.Policy.Class(loc.Name), Online: loc.Online,
+					Mws: loc.MWS, LastSeenUnixNano: loc.Updated.UnixNano()})
+			case loc.Online && !devs[i].Online:
+				devs[i].Online, devs[i].Mws = true, loc.MWS
+				devs[i].LastSeenUnixNano = max(devs[i].LastSeenUnixNano, loc.Updated.UnixNano())
+			}
+		}
+		slices.SortFunc(devs, func(a, b *mwsv1.DeviceInfo) int { return strings.Compare(a.Name, b.Name) })
+	}
+	return &mwsv1.ListDevicesResponse{Devices: devs}, nil
 }
 
 // Handoff runs a CASH for its source device; see the proto for the order.
