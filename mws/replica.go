@@ -113,7 +113,6 @@ func (t *replicaTable) putBack(id string, r *replica) {
 type replState struct {
 	mu      sync.Mutex // one replication of the session at a time
 	peers   []string   // where the replica is now
-	sent    map[string]map[string]bool
 	version uint64
 }
 
@@ -158,32 +157,22 @@ func (s *Server) replicate(ctx context.Context, ss *session) error {
 		return nil
 	}
 	ss.repl.version = max(ss.repl.version+1, uint64(time.Now().UnixNano()))
-	hdr, digests := s.replicaHeader(ss, ss.repl.version)
-	if ss.repl.sent == nil {
-		ss.repl.sent = map[string]map[string]bool{}
-	}
+	hdr := s.replicaHeader(ss, ss.repl.version)
 	var stored []string
 	var errs []error
 	for _, p := range order {
 		if len(stored) == s.cfg.Cluster.Replicas {
 			break
 		}
-		sent := ss.repl.sent[p.Name]
-		if sent == nil {
-			sent = map[string]bool{}
-		}
-		if err := s.sendReplica(ctx, p, hdr, digests, sent); err != nil {
+		if err := s.sendReplica(ctx, p, hdr); err != nil {
 			errs = append(errs, err)
-			delete(ss.repl.sent, p.Name)
 			continue
 		}
-		ss.repl.sent[p.Name] = sent
 		stored = append(stored, p.Name)
 	}
 	// Replicas left on peers no longer chosen are dropped.
 	for _, old := range ss.repl.peers {
 		if !slices.Contains(stored, old) {
-			delete(ss.repl.sent, old)
 			s.dropReplicaAt(old, ss.id, ss.repl.version)
 		}
 	}
@@ -195,7 +184,7 @@ func (s *Server) replicate(ctx context.Context, ss *session) error {
 }
 
 // replicaHeader describes ss for its replica.
-func (s *Server) replicaHeader(ss *session, version uint64) (*mwsv1.ReplicaHeader, []string) {
+func (s *Server) replicaHeader(ss *session, version uint64) *mwsv1.ReplicaHeader {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	hdr := &mwsv1.ReplicaHeader{Session: recordLocked(ss), Version: version}
@@ -203,29 +192,27 @@ func (s *Server) replicaHeader(ss *session, version uint64) (*mwsv1.ReplicaHeade
 		hdr.Streams = append(hdr.Streams, &mwsv1.MovedStream{StreamId: r.id, Backend: r.backend, Epoch: r.epoch})
 	}
 	slices.SortFunc(hdr.Streams, func(a, b *mwsv1.MovedStream) int { return strings.Compare(a.StreamId, b.StreamId) })
-	var digests []string
 	for _, e := range ss.savepoint {
 		hdr.Savepoint = append(hdr.Savepoint, &mwsv1.Element{Name: e.name, Kind: e.kind, ContentType: e.contentType,
 			Digest: e.digest, Data: e.data, StreamId: e.streamID, StreamOffset: e.streamOffset})
-		if e.digest != "" && !slices.Contains(digests, e.digest) {
-			digests = append(digests, e.digest)
-		}
 	}
 	slices.SortFunc(hdr.Savepoint, func(a, b *mwsv1.Element) int { return strings.Compare(a.Name, b.Name) })
-	slices.Sort(digests)
-	return hdr, digests
+	return hdr
 }
 
-// sendReplica stores hdr at peer with the objects in digests it has not
-// been sent yet (and any it reports missing), recording them in sent.
-func (s *Server) sendReplica(ctx context.Context, p PeerInfo, hdr *mwsv1.ReplicaHeader, digests []string, sent map[string]bool) error {
+// sendReplica stores hdr at peer with the objects in digests it lacks.
+// Objects are not sent blindly: a first call with the header alone asks
+// which the peer lacks (it often holds them already: it may be where the
+// session came from), and a second call sends those.
+func (s *Server) sendReplica(ctx context.Context, p PeerInfo, hdr *mwsv1.ReplicaHeader) error {
 	api, err := s.peers.client(p)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Cluster.MoveTimeout)
 	defer cancel()
-	for attempt := 0; attempt < 2; attempt++ {
+	var ship []string // what this call sends
+	for attempt := 0; attempt < 3; attempt++ {
 		st, err := api.Replicate(ctx)
 		if err != nil {
 			return peerStatus(p.Name, err)
@@ -234,11 +221,7 @@ func (s *Server) sendReplica(ctx context.Context, p PeerInfo, hdr *mwsv1.Replica
 			_, rerr := st.CloseAndRecv()
 			return peerStatus(p.Name, errors.Join(err, rerr))
 		}
-		var shipped []string
-		for _, d := range digests {
-			if sent[d] {
-				continue
-			}
+		for _, d := range ship {
 			obj, ok := s.cache.Lookup(d)
 			if !ok {
 				continue // evicted here: the replica keeps the reference only
@@ -250,20 +233,17 @@ func (s *Server) sendReplica(ctx context.Context, p PeerInfo, hdr *mwsv1.Replica
 				_, rerr := st.CloseAndRecv()
 				return peerStatus(p.Name, errors.Join(err, rerr))
 			}
-			shipped = append(shipped, d)
 		}
 		resp, err := st.CloseAndRecv()
 		if err != nil {
 			return peerStatus(p.Name, err)
 		}
-		for _, d := range shipped {
-			sent[d] = true
-		}
-		if len(resp.GetMissing()) == 0 {
+		missing := resp.GetMissing()
+		// What is still missing after it was sent is not cached here
+		// either: nothing more to send.
+		ship = slices.DeleteFunc(slices.Clone(missing), func(d string) bool { return slices.Contains(ship, d) })
+		if len(ship) == 0 {
 			return nil
-		}
-		for _, d := range resp.GetMissing() {
-			delete(sent, d) // evicted there: send it again
 		}
 	}
 	return nil
@@ -292,7 +272,7 @@ func (s *Server) replicateLater(ss *session) {
 func (s *Server) dropReplicas(ss *session) {
 	ss.repl.mu.Lock()
 	peers, version := ss.repl.peers, ss.repl.version
-	ss.repl.peers, ss.repl.sent = nil, nil
+	ss.repl.peers = nil
 	ss.repl.mu.Unlock()
 	for _, p := range peers {
 		s.dropReplicaAt(p, ss.id, version)

@@ -77,7 +77,8 @@ type PeerClient interface {
 	Fash(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FashMsg, FashReply], error)
 	// Replicate stores a replica of a session this caller holds: its record,
 	// streams and stored savepoint, then the original server objects the
-	// savepoint refers to that the replica lacks. The caller acknowledges a
+	// savepoint refers to that the replica lacks (the response to a call
+	// with the header alone names them). The caller acknowledges a
 	// savepoint to its device only after this returns, so an acknowledged
 	// savepoint survives the caller's failure; the session is then taken up
 	// here when its device comes looking for it.
@@ -203,7 +204,8 @@ type PeerServer interface {
 	Fash(grpc.BidiStreamingServer[FashMsg, FashReply]) error
 	// Replicate stores a replica of a session this caller holds: its record,
 	// streams and stored savepoint, then the original server objects the
-	// savepoint refers to that the replica lacks. The caller acknowledges a
+	// savepoint refers to that the replica lacks (the response to a call
+	// with the header alone names them). The caller acknowledges a
 	// savepoint to its device only after this returns, so an acknowledged
 	// savepoint survives the caller's failure; the session is then taken up
 	// here when its device comes looking for it.
