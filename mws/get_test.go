@@ -178,7 +178,7 @@ func TestGetKeepAlive(t *testing.T) {
 		t.Fatalf("%d sequential requests used %d legacy connections, want 1", sequential, got)
 	}
 
-	// Concurrent requests need at most one connection each.
+	// Concurrent requests reuse their connections.
 	const workers, each = 4, 10
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -207,7 +207,11 @@ func TestGetKeepAlive(t *testing.T) {
 	if total < int64(sequential) || total > int64(sequential+workers*each) {
 		t.Fatalf("legacy server saw %d requests", total)
 	}
-	if got := e.http.ConnectionsAccepted(); got > 1+workers {
-		t.Fatalf("%d requests used %d legacy connections; want at most %d", total, got, 1+workers)
+	// net/http dials for a request that finds no idle connection and
+	// keeps the new one even when another became idle meanwhile, so a
+	// worker may leave one spare connection behind: at most two each,
+	// against one per request without keep-alive.
+	if got := e.http.ConnectionsAccepted(); got > 1+2*workers {
+		t.Fatalf("%d requests used %d legacy connections; want at most %d", total, got, 1+2*workers)
 	}
 }
