@@ -32,6 +32,18 @@ const (
 	// DefaultMeanDelay is the paper's mean inter-request delay, used when
 	// --paced is given without --mean-delay.
 	DefaultMeanDelay = 2 * time.Second
+	// DefaultMWSs and MaxMWSs bound --mws, the cluster's MWS count; the
+	// cluster phase needs at least two.
+	DefaultMWSs = 3
+	MaxMWSs     = 16
+	// DefaultMASHMoves and MaxMASHMoves bound --mash-moves, the operator
+	// moves of the cluster phase's MASH part.
+	DefaultMASHMoves = 50
+	MaxMASHMoves     = 10000
+	// DefaultDrainSessions and MaxDrainSessions bound --drain-sessions,
+	// the sessions on the MWS the cluster phase drains.
+	DefaultDrainSessions = 200
+	MaxDrainSessions     = 10000
 )
 
 // demoConfig is the parsed configuration of the demo command.
@@ -57,6 +69,15 @@ type demoConfig struct {
 	// Links puts each device of the links phase behind its own emulated
 	// link (its testbed preset); otherwise the phase runs on loopback.
 	Links bool
+	// MWSs is how many MWSs the cluster runs (1..MaxMWSs); the cluster
+	// phase runs with two or more.
+	MWSs int
+	// MASHMoves is how many times the cluster phase moves a session
+	// between MWSs (MASH); 0 skips that part.
+	MASHMoves int
+	// DrainSessions is how many sessions the cluster phase opens on the
+	// MWS it drains; 0 skips the drain.
+	DrainSessions int
 	// Verbose sends the cluster's debug logs to stderr (otherwise only
 	// warnings and errors).
 	Verbose bool
@@ -65,12 +86,15 @@ type demoConfig struct {
 // newDefaultDemoConfig returns the configuration of a bare "demo".
 func newDefaultDemoConfig() demoConfig {
 	return demoConfig{
-		Images:    DefaultImages,
-		Seed:      1,
-		StreamMiB: DefaultStreamMiB,
-		Handoffs:  DefaultHandoffs,
-		MeanDelay: DefaultMeanDelay,
-		Links:     true,
+		Images:        DefaultImages,
+		Seed:          1,
+		StreamMiB:     DefaultStreamMiB,
+		Handoffs:      DefaultHandoffs,
+		MeanDelay:     DefaultMeanDelay,
+		Links:         true,
+		MWSs:          DefaultMWSs,
+		MASHMoves:     DefaultMASHMoves,
+		DrainSessions: DefaultDrainSessions,
 	}
 }
 
@@ -85,6 +109,15 @@ func (c demoConfig) validate() error {
 	}
 	if c.Handoffs < 0 || c.Handoffs > MaxHandoffs {
 		errs = append(errs, fmt.Errorf("--handoffs %d: want 0..%d", c.Handoffs, MaxHandoffs))
+	}
+	if c.MWSs < 1 || c.MWSs > MaxMWSs {
+		errs = append(errs, fmt.Errorf("--mws %d: want 1..%d", c.MWSs, MaxMWSs))
+	}
+	if c.MASHMoves < 0 || c.MASHMoves > MaxMASHMoves {
+		errs = append(errs, fmt.Errorf("--mash-moves %d: want 0..%d", c.MASHMoves, MaxMASHMoves))
+	}
+	if c.DrainSessions < 0 || c.DrainSessions > MaxDrainSessions {
+		errs = append(errs, fmt.Errorf("--drain-sessions %d: want 0..%d", c.DrainSessions, MaxDrainSessions))
 	}
 	if c.Paced && c.MeanDelay <= 0 {
 		errs = append(errs, fmt.Errorf("--mean-delay %v: want > 0 with --paced", c.MeanDelay))
@@ -110,6 +143,9 @@ func parseDemoFlags(args []string, stdout, stderr io.Writer) (demoConfig, error)
 	fs.BoolVar(&cfg.Paced, "paced", false, "wait a Poisson inter-request delay between requests (default: as fast as possible)")
 	fs.DurationVar(&cfg.MeanDelay, "mean-delay", cfg.MeanDelay, "mean inter-request delay with --paced")
 	fs.Var(onOff{&cfg.Links}, "links", "whether the links phase's devices (workstation, desktop, laptop, pda) reach the MWS through emulated links of their testbed presets: `on|off` (off: on loopback)")
+	fs.IntVar(&cfg.MWSs, "mws", cfg.MWSs, fmt.Sprintf("MWSs in the cluster, 1..%d (devices log in at the first; the cluster phase needs 2 or more)", MaxMWSs))
+	fs.IntVar(&cfg.MASHMoves, "mash-moves", cfg.MASHMoves, "operator moves (MASH) of a session among the MWSs in the cluster phase (0 skips them)")
+	fs.IntVar(&cfg.DrainSessions, "drain-sessions", cfg.DrainSessions, "sessions on the MWS the cluster phase drains (0 skips the drain)")
 	fs.BoolVar(&cfg.Verbose, "v", false, "log the cluster's debug messages to stderr")
 	// The flag package reports a bad flag itself (to stderr); the help
 	// text follows on stderr, or on stdout when it was asked for.
@@ -164,14 +200,17 @@ func (o onOff) Set(s string) error {
 const demoUsage = `usage: imash-testbed demo [flags]
 
 Builds a whole imash testbed in this process — a legacy HTTP image server, a
-source and a sink of raw TCP streams, a mux, one MWS and two devices (workstation, pda)
-— runs a seeded workload through imash and directly against the legacy
-servers, checks every byte, and prints latency percentiles by object size.
-Then the paper's four testbed devices (workstation, desktop, laptop, pda) log
-in with their profiles, each behind an emulated link of its own (100 Mbit/s
-Ethernet, 56 kbit/s modem, 802.11b; --links=off: loopback), and fetch the same
-image: the report shows the variant each received and what the MWS measured
-of its link.
+source and a sink of raw TCP streams, a mux, --mws MWSs and two devices
+(workstation, pda) logged in at the first MWS — runs a seeded workload through
+imash and directly against the legacy servers, checks every byte, and prints
+latency percentiles by object size. Then the paper's four testbed devices
+(workstation, desktop, laptop, pda) log in with their profiles, each behind an
+emulated link of its own (100 Mbit/s Ethernet, 56 kbit/s modem, 802.11b;
+--links=off: loopback), and fetch the same image: the report shows the variant
+each received and what the MWS measured of its link. Last, with two or more
+MWSs, the cluster phase: a session moves among the MWSs (MASH) in the middle
+of a raw-stream transfer, a session goes to a device served by another MWS
+(FASH) beside a CASH of the same state, and one MWS is drained.
 
 Flags:
 `

@@ -33,12 +33,16 @@ var demoDevices = [2]string{"workstation", "pda"}
 const closeTimeout = 10 * time.Second
 
 // testbedEnv is a running in-process testbed: legacy servers, the cluster
-// (CA, mux, one MWS) and the logged-in devices.
+// (CA, mux, cfg.MWSs MWSs) and the logged-in devices.
 type testbedEnv struct {
 	images       *legacy.HTTPServer
 	source, sink *legacy.StreamServer // nil when the stream phase is off
-	cluster      *cluster.Cluster
-	devices      map[string]*device
+	// mashStream, echo and handoffStream are the cluster phase's legacy
+	// servers; nil with one MWS.
+	mashStream, handoffStream *legacy.StreamServer
+	echo                      *legacy.EchoServer
+	cluster                   *cluster.Cluster
+	devices                   map[string]*device
 }
 
 // startTestbed starts the legacy servers, the cluster and the devices. On
@@ -66,13 +70,23 @@ func startTestbed(ctx context.Context, cfg demoConfig, set *legacy.ImageSet, log
 		}
 		backends[sourceBackend], backends[sinkBackend] = env.source.Addr(), env.sink.Addr()
 	}
+	if cfg.MWSs > 1 {
+		if err := env.startClusterBackends(cfg.Seed, backends); err != nil {
+			return env, err
+		}
+	}
 	env.cluster, err = cluster.Start(cluster.Options{
 		Backends:     backends,
 		HTTPBackends: []string{imagesBackend},
 		Users:        map[string]string{demoUser: demoPassword},
-		MWSs:         1,
-		TuneMWS:      func(c *mws.Config) { c.ProbeInterval = demoProbeInterval },
-		Log:          log,
+		MWSs:         cfg.MWSs,
+		TuneMWS: func(c *mws.Config) {
+			c.ProbeInterval = demoProbeInterval
+			// The drained MWS and its peers hold the drain's sessions
+			// beside the user's others.
+			c.MaxSessionsPerUser += cfg.DrainSessions
+		},
+		Log: log,
 	})
 	if err != nil {
 		return env, fmt.Errorf("starting the cluster: %w", err)
@@ -88,14 +102,10 @@ func startTestbed(ctx context.Context, cfg demoConfig, set *legacy.ImageSet, log
 }
 
 // connect gives device name its own certificate, logs the demo user in at
-// the MWS and opens a session; its direct baseline gets its own
+// the first MWS and opens a session; its direct baseline gets its own
 // keep-alive HTTP client.
 func (e *testbedEnv) connect(ctx context.Context, name string) (*device, error) {
-	cert, roots, err := e.cluster.DeviceCert(name)
-	if err != nil {
-		return nil, err
-	}
-	c, err := clientlib.Dial(ctx, e.cluster.MWSAddrs[0], clientlib.Config{Certificate: cert, Roots: roots})
+	c, err := e.login(ctx, name, 0, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -103,15 +113,30 @@ func (e *testbedEnv) connect(ctx context.Context, name string) (*device, error) 
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: 1,
 	}}}
-	if err := c.Login(ctx, demoUser, demoPassword); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("login: %w", err)
-	}
 	if d.session, err = c.OpenSession(ctx, demoApp); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("open session: %w", err)
 	}
 	return d, nil
+}
+
+// login gives device name its own certificate, dials the MWS of index
+// mwsIndex with the profile documents docs (none: the MWS's defaults) and
+// logs the demo user in.
+func (e *testbedEnv) login(ctx context.Context, name string, mwsIndex int, docs [][]byte) (*clientlib.Client, error) {
+	cert, roots, err := e.cluster.DeviceCert(name)
+	if err != nil {
+		return nil, err
+	}
+	c, err := clientlib.Dial(ctx, e.cluster.MWSAddrs[mwsIndex], clientlib.Config{Certificate: cert, Roots: roots, Profiles: docs})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Login(ctx, demoUser, demoPassword); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	return c, nil
 }
 
 // warmUp fetches the legacy server's index once per device through imash
@@ -166,10 +191,13 @@ func (e *testbedEnv) close() error {
 	if e.images != nil {
 		errs = append(errs, e.images.Close())
 	}
-	for _, s := range []*legacy.StreamServer{e.source, e.sink} {
+	for _, s := range []*legacy.StreamServer{e.source, e.sink, e.mashStream, e.handoffStream} {
 		if s != nil {
 			errs = append(errs, s.Close())
 		}
+	}
+	if e.echo != nil {
+		errs = append(errs, e.echo.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -185,15 +213,18 @@ type demoResult struct {
 	// linkObject is the image of the links phase and links its results.
 	linkObject *legacy.Image
 	links      []linkResult
+	// cluster is the cluster phase's results.
+	cluster *clusterResult
 	// workload counts what the servers saw during the workload; final
-	// is every counter at the end of the run.
+	// is every counter after the links phase (the cluster phase reports
+	// its own).
 	workload, final counters
 	phases          phases
 }
 
 // phases are the wall-clock durations of the demo's steps.
 type phases struct {
-	generate, start, workload, streams, handoffs, links, total time.Duration
+	generate, start, workload, streams, handoffs, links, cluster, total time.Duration
 }
 
 // runDemo is the demo command: build the testbed, run the workload and
@@ -283,6 +314,15 @@ func runDemo(ctx context.Context, cfg demoConfig, stdout, stderr io.Writer) (err
 		return errors.Join(err, res.writeJSON())
 	}
 	res.final = env.snapshot()
+	if cfg.MWSs > 1 {
+		fmt.Fprintf(stderr, "imash-testbed: cluster of %d MWSs: %d MASH moves, FASH beside CASH, drain of %d sessions…\n", cfg.MWSs, cfg.MASHMoves, cfg.DrainSessions)
+	}
+	mark = time.Now()
+	res.cluster, err = runCluster(ctx, env, cfg)
+	res.phases.cluster = time.Since(mark)
+	if err != nil {
+		return errors.Join(err, res.writeJSON())
+	}
 	res.phases.total = time.Since(began)
 	res.writeReport(stdout)
 	return res.writeJSON()

@@ -14,15 +14,16 @@ import (
 )
 
 // TestDemo runs the whole demo — image generation, legacy servers, the
-// cluster, two devices, the workload, the raw streams, the handoffs and the
-// links phase with its links off (TestDemoLinks has them on) — on a small
+// cluster of three MWSs, two devices, the workload, the raw streams, the
+// handoffs, the links phase with its links off (TestDemoLinks has them on)
+// and the cluster phase with few moves and sessions — on a small
 // configuration, and checks the report and the JSON records.
 func TestDemo(t *testing.T) {
 	jsonFile := filepath.Join(t.TempDir(), "records.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "1", "--handoffs", "6", "--paced", "--mean-delay", "1ms", "--links=off", "--json", jsonFile}
+	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "1", "--handoffs", "6", "--paced", "--mean-delay", "1ms", "--links=off", "--mash-moves", "4", "--drain-sessions", "8", "--json", jsonFile}
 	if err := Run(ctx, args, &stdout, &stderr); err != nil {
 		t.Fatalf("Run(%q) = %v\nstdout:\n%s\nstderr:\n%s", args, err, stdout.String(), stderr.String())
 	}
@@ -44,6 +45,13 @@ func TestDemo(t *testing.T) {
 		"legacy requests meanwhile: 0",
 		"phases p50    skeleton",
 		"links:          off — the four testbed devices, each on loopback",
+		"1 mux, 3 MWSs, devices workstation then pda at the first",
+		"cluster:        3 MWSs (mws-1, mws-2, mws-3)",
+		"MASH          4 operator moves of one session among the 3 MWSs",
+		"raw stream SHA-256 both ways: OK; legacy connections: stream 1, echo 1",
+		"FASH  desk-1@mws-1 → desk-2@mws-2",
+		"drain         mws-3 held 8 sessions",
+		"afterwards 8 of 8 sessions answered a Get at a peer",
 		"wall time:",
 	} {
 		if !strings.Contains(out, s) {
@@ -112,6 +120,21 @@ func TestDemo(t *testing.T) {
 	}
 	if sizes["pda"] >= sizes["workstation"] || sizes["laptop"] >= sizes["workstation"] {
 		t.Errorf("variant sizes %v: want the pda's and the laptop's smaller than the workstation's", sizes)
+	}
+
+	// The cluster phase, as TestClusterPhase checks it in detail.
+	c := doc.Cluster
+	if c == nil || c.Skipped != "" || len(c.MWSs) != 3 || c.MASH == nil || c.Handoffs == nil || c.Drain == nil {
+		t.Fatalf("cluster record %+v: want all three parts on 3 MWSs", c)
+	}
+	if m := c.MASH; len(m.Moves) != 4 || !m.ChecksumsOK || m.LegacyStreamConns != 1 || m.Follows < 4 {
+		t.Errorf("MASH: %d moves, checksums OK %v, %d legacy connections, %d follows", len(m.Moves), m.ChecksumsOK, m.LegacyStreamConns, m.Follows)
+	}
+	if h := c.Handoffs; len(h.Handoffs) != 2 || h.FinalMWS != "mws-2" || !h.TargetAnswered || !h.ChecksumsOK {
+		t.Errorf("handoffs: %+v", h)
+	}
+	if d := c.Drain; d.MWS != "mws-3" || d.Sessions != 8 || d.Answered != 8 || d.Left != 0 {
+		t.Errorf("drain: %+v", d)
 	}
 }
 

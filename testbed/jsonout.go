@@ -17,6 +17,8 @@ type jsonReport struct {
 	Streams []streamResult `json:"streams"`
 	// Links has one record per device of the links phase.
 	Links []linkResult `json:"links"`
+	// Cluster is the cluster phase (null when the run stopped before it).
+	Cluster *clusterResult `json:"cluster"`
 	// Complete is false when the run stopped early; the records then end
 	// at the failure.
 	Complete bool `json:"complete"`
@@ -33,6 +35,7 @@ func (res *demoResult) writeJSON() error {
 		Requests: res.records,
 		Streams:  res.streams,
 		Links:    res.links,
+		Cluster:  res.cluster,
 		Complete: res.phases.total > 0,
 	}
 	if doc.Requests == nil {

@@ -24,7 +24,7 @@ func TestDemoLinks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "0", "--handoffs", "0", "--json", jsonFile}
+	args := []string{"demo", "--images", "8", "--seed", "5", "--stream-mib", "0", "--handoffs", "0", "--mws", "1", "--json", jsonFile}
 	if err := Run(ctx, args, &stdout, &stderr); err != nil {
 		t.Fatalf("Run(%q) = %v\nstdout:\n%s\nstderr:\n%s", args, err, stdout.String(), stderr.String())
 	}
@@ -34,6 +34,8 @@ func TestDemoLinks(t *testing.T) {
 		"links:          on — the four testbed devices, each behind its own emulated link",
 		"100 Mbit/s, RTT 1 ms", "56 kbit/s, RTT 150 ms, jitter 5 ms", "5 Mbit/s, RTT 20 ms, jitter 2 ms",
 		"link bytes up / down",
+		"1 mux, 1 MWS, devices",
+		"cluster:        skipped (--mws 1: MASH, FASH and drain need at least 2 MWSs)",
 	} {
 		if !strings.Contains(out, s) {
 			t.Errorf("output lacks %q", s)
@@ -43,6 +45,9 @@ func TestDemoLinks(t *testing.T) {
 	doc := readReport(t, jsonFile)
 	if !doc.Complete {
 		t.Fatal("the report is not complete")
+	}
+	if c := doc.Cluster; c == nil || c.Skipped == "" || len(c.MWSs) != 1 || c.MASH != nil || c.Handoffs != nil || c.Drain != nil {
+		t.Errorf("cluster record %+v: want the phase skipped on 1 MWS", c)
 	}
 	byDevice := map[string]linkResult{}
 	for _, r := range doc.Links {

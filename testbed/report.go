@@ -121,8 +121,8 @@ func tabulate(recs []record) []bandStats {
 // writeReport prints the latency table and the summary.
 func (res *demoResult) writeReport(w io.Writer) {
 	cfg := res.cfg
-	fmt.Fprintf(w, "imash-testbed demo: %d images (seed %d), 1 mux, 1 MWS, devices %s then %s; %d requests, each through imash and directly\n\n",
-		cfg.Images, cfg.Seed, demoDevices[0], demoDevices[1], len(res.plan))
+	fmt.Fprintf(w, "imash-testbed demo: %d images (seed %d), 1 mux, %d MWS%s, devices %s then %s at the first; %d requests, each through imash and directly\n\n",
+		cfg.Images, cfg.Seed, cfg.MWSs, plural(int64(cfg.MWSs)), demoDevices[0], demoDevices[1], len(res.plan))
 	fmt.Fprintf(w, "machine: %s\n\n", machine())
 	writeTable(w, tabulate(res.records))
 	fmt.Fprintln(w)
@@ -229,9 +229,12 @@ func (res *demoResult) writeSummary(w io.Writer) {
 	if len(res.links) > 0 {
 		writeLinks(w, res.cfg.Links, res.linkObject, res.links)
 	}
+	if res.cluster != nil {
+		res.cluster.write(w)
+	}
 	p := res.phases
-	fmt.Fprintf(w, "wall time:      %.2f s (images %.2f s, testbed start %.2f s, workload %.2f s, raw streams %.2f s, handoffs %.2f s, links %.2f s)\n",
-		p.total.Seconds(), p.generate.Seconds(), p.start.Seconds(), p.workload.Seconds(), p.streams.Seconds(), p.handoffs.Seconds(), p.links.Seconds())
+	fmt.Fprintf(w, "wall time:      %.2f s (images %.2f s, testbed start %.2f s, workload %.2f s, raw streams %.2f s, handoffs %.2f s, links %.2f s, cluster %.2f s)\n",
+		p.total.Seconds(), p.generate.Seconds(), p.start.Seconds(), p.workload.Seconds(), p.streams.Seconds(), p.handoffs.Seconds(), p.links.Seconds(), p.cluster.Seconds())
 }
 
 // mib formats a byte count in MiB.

@@ -4,10 +4,12 @@
 // directly against the legacy servers, and reports the results as tables
 // and machine-readable records.
 //
-// The "demo" command does all of this in one process with one MWS and two
-// devices, then puts the paper's four testbed devices, with their
-// profiles, behind emulated links of their own (package netem) and shows
-// the variant of an image each receives; see Run and "imash-testbed help".
+// The "demo" command does all of this in one process with a cluster of
+// MWSs (three by default) and two devices, then puts the paper's four
+// testbed devices, with their profiles, behind emulated links of their own
+// (package netem) and shows the variant of an image each receives, and
+// last moves sessions between the MWSs (MASH, FASH, drain); see Run and
+// "imash-testbed help".
 package testbed
 
 import (
@@ -22,11 +24,12 @@ import (
 const Usage = `usage: imash-testbed <command> [flags]
 
 Commands:
-  demo   build an in-process testbed (legacy HTTP and TCP servers, a mux, one
-         MWS, two devices), run a seeded image workload through imash and
-         directly, verify every byte and print latency by object size; then
-         show the image variants the four testbed devices get on their
-         emulated links ("imash-testbed demo -h" lists its flags)
+  demo   build an in-process testbed (legacy HTTP and TCP servers, a mux,
+         three MWSs, two devices), run a seeded image workload through imash
+         and directly, verify every byte and print latency by object size;
+         then show the image variants the four testbed devices get on their
+         emulated links; last, move sessions between the MWSs (MASH, FASH,
+         drain) ("imash-testbed demo -h" lists its flags)
   help   show this text
 `
 

@@ -30,6 +30,9 @@ func TestRunUsage(t *testing.T) {
 		{name: "paced without delay", args: []string{"demo", "--paced", "--mean-delay", "0s"}, wantUsage: true, errHas: []string{"--mean-delay 0s"}},
 		{name: "links flag listed", args: []string{"help", "demo"}, stdoutHas: []string{"-links on|off", "(default on)"}},
 		{name: "bad links value", args: []string{"demo", "--links=maybe"}, wantUsage: true, errHas: []string{"-links", `want "on" or "off"`}},
+		{name: "cluster flags listed", args: []string{"help", "demo"}, stdoutHas: []string{"-mws", "(default 3)", "-mash-moves", "(default 50)", "-drain-sessions", "(default 200)"}},
+		{name: "bad cluster flags", args: []string{"demo", "--mws", "0", "--mash-moves", "-1", "--drain-sessions", "-2"}, wantUsage: true,
+			errHas: []string{"--mws 0: want 1..16", "--mash-moves -1", "--drain-sessions -2"}},
 		{name: "stray argument", args: []string{"demo", "extra"}, wantUsage: true, errHas: []string{`unexpected argument "extra"`}},
 	}
 	for _, tt := range tests {
