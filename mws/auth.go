@@ -168,11 +168,14 @@ func (s *Server) sessionCall(ctx context.Context, id string, count bool) (*sessi
 		}
 		ss.mu.Lock()
 		mv := ss.move
-		if mv == nil && count {
+		// A counted call (a Get) goes on while a move copies objects
+		// ahead; it waits once the session is frozen.
+		serve := mv == nil || (count && !mv.frozen)
+		if serve && count {
 			ss.inflight++
 		}
 		ss.mu.Unlock()
-		if mv == nil {
+		if serve {
 			return ss, nil
 		}
 		select {

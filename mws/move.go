@@ -23,6 +23,9 @@ type moveOut struct {
 	// target is set once the target accepted: relays cut by the handover
 	// tell the device where to go.
 	target *mwsv1.MoveTarget
+	// frozen is set when the session stops serving here (before the
+	// handover): from then on every call waits for the move to end.
+	frozen bool
 }
 
 // forward is what the source keeps of a session that moved away, to
@@ -53,10 +56,12 @@ type MoveResult struct {
 	Streams    int
 	Objects    int
 	StateBytes int64
-	// Prepare is the target's answer and skeleton; Handover the mux
+	// Prepare is the target's answer and skeleton; Precopy sending the
+	// session's objects ahead while it still works here; Handover the mux
 	// handing the streams over; Ship the state transfer; Total the whole
-	// move (the device follows after it).
-	Prepare, Handover, Ship, Total time.Duration
+	// move (the device follows after it). The session's calls and streams
+	// wait from the handover to the end of the ship.
+	Prepare, Precopy, Handover, Ship, Total time.Duration
 
 	target *mwsv1.MoveTarget // what the device is told
 	moveID string            // the target's name for the move
@@ -75,7 +80,7 @@ type moveOpts struct {
 
 func (r MoveResult) proto() *mwsv1.MoveTimings {
 	return &mwsv1.MoveTimings{PrepareUs: r.Prepare.Microseconds(), HandoverUs: r.Handover.Microseconds(),
-		ShipUs: r.Ship.Microseconds(), TotalUs: r.Total.Microseconds(), StateBytes: r.StateBytes}
+		ShipUs: r.Ship.Microseconds(), TotalUs: r.Total.Microseconds(), StateBytes: r.StateBytes, PrecopyUs: r.Precopy.Microseconds()}
 }
 
 // MoveSession moves the session id to the MWS named to (MASH); an empty
@@ -175,11 +180,31 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	ss.mu.Unlock()
 	res.Prepare = time.Since(t0)
 
-	// In-flight Gets finish here first; new calls wait for the move.
+	// The objects go ahead while the session still works here: they are
+	// immutable, and the few fetched meanwhile follow with the state.
+	t1 := time.Now()
+	plan := &shipPlan{budget: s.cfg.Cluster.MaxMoveBytes, sent: map[string]bool{}}
+	if err := s.precopy(ctx, api, ss, prep.GetMoveId(), plan); err != nil {
+		abort(err)
+		return res, peerStatus(peer.Name, err)
+	}
+	res.Precopy = time.Since(t1)
+
+	// Freeze: in-flight Gets finish here first; new calls wait for the
+	// move. A CASH that began meanwhile keeps the session.
+	ss.mu.Lock()
+	if ss.handoff != nil && ss.handoff != opts.fash {
+		ss.mu.Unlock()
+		err := rpcerr.New(codes.FailedPrecondition, "HANDOFF_IN_PROGRESS", "session %s is being handed off (CASH)", ss.id)
+		abort(err)
+		return res, err
+	}
+	mv.frozen = true
+	ss.mu.Unlock()
 	ss.waitQuiet(ctx)
 
 	// 3: the mux hands the session's streams to the target.
-	t1 := time.Now()
+	t1 = time.Now()
 	handed, err := s.handStreams(ctx, ss, peer.Name)
 	if err != nil {
 		s.takeBack(ctx, ss, handed)
@@ -191,7 +216,7 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 
 	// 4: ship the state; the target installs the session.
 	t2 := time.Now()
-	objects, bytes, err := s.shipState(ctx, api, ss, prep.GetMoveId(), handed)
+	objects, bytes, err := s.shipState(ctx, api, ss, prep.GetMoveId(), handed, plan)
 	if err != nil {
 		s.takeBack(ctx, ss, handed)
 		abort(err)
@@ -208,7 +233,7 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	}
 	res.Total, res.target, res.moveID = time.Since(t0), target, prep.GetMoveId()
 	log.Info("session moved", "streams", res.Streams, "objects", res.Objects, "state_bytes", res.StateBytes,
-		"prepare_us", res.Prepare.Microseconds(), "handover_us", res.Handover.Microseconds(),
+		"prepare_us", res.Prepare.Microseconds(), "precopy_us", res.Precopy.Microseconds(), "handover_us", res.Handover.Microseconds(),
 		"ship_us", res.Ship.Microseconds(), "total_us", res.Total.Microseconds())
 	return res, nil
 }
@@ -328,29 +353,21 @@ const shipChunk = 1 << 20
 // shipState sends the session's state to the target: the streams' new
 // epochs, the stored savepoint and the original server objects (those the
 // savepoint names first), within the configured bounds.
-func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, handed []*mwsv1.MovedStream) (objects int, bytes int64, err error) {
+func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, handed []*mwsv1.MovedStream, plan *shipPlan) (objects int, bytes int64, err error) {
 	ss.mu.Lock()
 	hdr := &mwsv1.CompleteMoveHeader{MoveId: moveID, Streams: handed, KeyHash: slices.Clone(ss.keyHash[:])}
-	var first, rest []string
 	for _, e := range ss.savepoint {
 		hdr.Savepoint = append(hdr.Savepoint, &mwsv1.Element{Name: e.name, Kind: e.kind, ContentType: e.contentType,
 			Digest: e.digest, Data: e.data, StreamId: e.streamID, StreamOffset: e.streamOffset})
 		bytes += int64(len(e.data))
-		if e.digest != "" {
-			first = append(first, e.digest)
-		}
 	}
 	for d := range ss.objects {
 		hdr.Objects = append(hdr.Objects, d)
-		if !slices.Contains(first, d) {
-			rest = append(rest, d)
-		}
 	}
-	slices.Sort(hdr.Objects)
+	order := shipOrderLocked(ss)
 	ss.mu.Unlock()
+	slices.Sort(hdr.Objects)
 	slices.SortFunc(hdr.Savepoint, func(a, b *mwsv1.Element) int { return strings.Compare(a.Name, b.Name) })
-	slices.Sort(first)
-	slices.Sort(rest)
 
 	st, err := api.CompleteMove(ctx)
 	if err != nil {
@@ -360,27 +377,93 @@ func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *sessio
 		_, rerr := st.CloseAndRecv()
 		return 0, 0, errors.Join(err, rerr)
 	}
-	budget := s.cfg.Cluster.MaxMoveBytes
-	for _, d := range append(first, rest...) {
-		obj, ok := s.cache.Lookup(d)
-		if !ok || obj.Size > budget || objects >= s.cfg.Cluster.MaxMoveObjects {
-			continue
-		}
-		budget -= obj.Size
-		err := sendObject(obj, func(m *mwsv1.ShippedObject) error {
-			return st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: m}})
-		})
-		if err != nil {
-			_, rerr := st.CloseAndRecv()
-			return 0, 0, errors.Join(err, rerr)
-		}
-		objects++
-		bytes += obj.Size
+	err = s.shipObjects(order, plan, func(m *mwsv1.ShippedObject) error {
+		return st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: m}})
+	})
+	if err != nil {
+		_, rerr := st.CloseAndRecv()
+		return 0, 0, errors.Join(err, rerr)
 	}
 	if _, err := st.CloseAndRecv(); err != nil {
 		return 0, 0, err
 	}
-	return objects, bytes, nil
+	return plan.objects, bytes + plan.bytes, nil
+}
+
+// shipPlan is what a move has sent of the session's objects, and what it
+// may still send.
+type shipPlan struct {
+	budget  int64
+	objects int
+	bytes   int64
+	sent    map[string]bool
+}
+
+// shipOrderLocked lists the session's objects, the savepoint's first.
+func shipOrderLocked(ss *session) []string {
+	var first, rest []string
+	for _, e := range ss.savepoint {
+		if e.digest != "" && !slices.Contains(first, e.digest) {
+			first = append(first, e.digest)
+		}
+	}
+	for d := range ss.objects {
+		if !slices.Contains(first, d) {
+			rest = append(rest, d)
+		}
+	}
+	slices.Sort(first)
+	slices.Sort(rest)
+	return append(first, rest...)
+}
+
+// shipObjects sends the objects of order not sent yet, within the plan's
+// bounds.
+func (s *Server) shipObjects(order []string, plan *shipPlan, send func(*mwsv1.ShippedObject) error) error {
+	for _, d := range order {
+		if plan.sent[d] {
+			continue
+		}
+		obj, ok := s.cache.Lookup(d)
+		if !ok || obj.Size > plan.budget || plan.objects >= s.cfg.Cluster.MaxMoveObjects {
+			continue
+		}
+		if err := sendObject(obj, send); err != nil {
+			return err
+		}
+		plan.sent[d] = true
+		plan.budget -= obj.Size
+		plan.objects++
+		plan.bytes += obj.Size
+	}
+	return nil
+}
+
+// precopy sends the session's objects to the target ahead of the freeze.
+func (s *Server) precopy(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, plan *shipPlan) error {
+	ss.mu.Lock()
+	order := shipOrderLocked(ss)
+	ss.mu.Unlock()
+	if len(order) == 0 {
+		return nil
+	}
+	st, err := api.ShipObjects(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.Send(&mwsv1.ShipObjectsMsg{Msg: &mwsv1.ShipObjectsMsg_MoveId{MoveId: moveID}}); err != nil {
+		_, rerr := st.CloseAndRecv()
+		return errors.Join(err, rerr)
+	}
+	err = s.shipObjects(order, plan, func(m *mwsv1.ShippedObject) error {
+		return st.Send(&mwsv1.ShipObjectsMsg{Msg: &mwsv1.ShipObjectsMsg_Object{Object: m}})
+	})
+	if err != nil {
+		_, rerr := st.CloseAndRecv()
+		return errors.Join(err, rerr)
+	}
+	_, err = st.CloseAndRecv()
+	return err
 }
 
 // sendObject sends an original server object in chunks.

@@ -308,6 +308,42 @@ func (p *peerService) AbortMove(ctx context.Context, req *mwsv1.AbortMoveRequest
 	return &mwsv1.AbortMoveResponse{}, nil
 }
 
+// ShipObjects receives a prepared move's objects ahead of its state: they
+// go into the cache, checked like those CompleteMove brings.
+func (p *peerService) ShipObjects(st mwsv1.Peer_ShipObjectsServer) error {
+	s := p.s
+	from, _ := pki.IdentityFrom(st.Context())
+	first, err := st.Recv()
+	if err != nil {
+		return err
+	}
+	id := first.GetMoveId()
+	if id == "" {
+		return rpcerr.New(codes.InvalidArgument, "MOVE_ID_REQUIRED", "the first message of ShipObjects must name the move")
+	}
+	in := s.moves.get(id)
+	if in == nil {
+		return rpcerr.New(codes.NotFound, "UNKNOWN_MOVE", "no prepared move %q (expired or aborted)", id)
+	}
+	if in.from != from.Name {
+		return rpcerr.New(codes.PermissionDenied, "FOREIGN_MOVE", "move %s was not prepared by %s", in.id, from.Name)
+	}
+	n, err := s.receiveObjects(func() (*mwsv1.ShippedObject, error) {
+		m, err := st.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if m.GetObject() == nil {
+			return nil, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "only objects may follow the move id")
+		}
+		return m.GetObject(), nil
+	}, in.rec.GetObjects())
+	if err != nil {
+		return err
+	}
+	return st.SendAndClose(&mwsv1.ShipObjectsResponse{Objects: int32(n)})
+}
+
 // CompleteMove receives a prepared session's state and installs it.
 func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	s := p.s

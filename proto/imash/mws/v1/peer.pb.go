@@ -925,12 +925,14 @@ func (x *MoveResponse) GetTimings() *MoveTimings {
 
 // MoveTimings are a MASH's phases in microseconds.
 type MoveTimings struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PrepareUs     int64                  `protobuf:"varint,1,opt,name=prepare_us,json=prepareUs,proto3" json:"prepare_us,omitempty"`
-	HandoverUs    int64                  `protobuf:"varint,2,opt,name=handover_us,json=handoverUs,proto3" json:"handover_us,omitempty"`
-	ShipUs        int64                  `protobuf:"varint,3,opt,name=ship_us,json=shipUs,proto3" json:"ship_us,omitempty"`
-	TotalUs       int64                  `protobuf:"varint,4,opt,name=total_us,json=totalUs,proto3" json:"total_us,omitempty"`
-	StateBytes    int64                  `protobuf:"varint,5,opt,name=state_bytes,json=stateBytes,proto3" json:"state_bytes,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	PrepareUs  int64                  `protobuf:"varint,1,opt,name=prepare_us,json=prepareUs,proto3" json:"prepare_us,omitempty"`
+	HandoverUs int64                  `protobuf:"varint,2,opt,name=handover_us,json=handoverUs,proto3" json:"handover_us,omitempty"`
+	ShipUs     int64                  `protobuf:"varint,3,opt,name=ship_us,json=shipUs,proto3" json:"ship_us,omitempty"`
+	TotalUs    int64                  `protobuf:"varint,4,opt,name=total_us,json=totalUs,proto3" json:"total_us,omitempty"`
+	StateBytes int64                  `protobuf:"varint,5,opt,name=state_bytes,json=stateBytes,proto3" json:"state_bytes,omitempty"`
+	// Sending the session's objects ahead, while it still works here.
+	PrecopyUs     int64 `protobuf:"varint,6,opt,name=precopy_us,json=precopyUs,proto3" json:"precopy_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -996,6 +998,13 @@ func (x *MoveTimings) GetTotalUs() int64 {
 func (x *MoveTimings) GetStateBytes() int64 {
 	if x != nil {
 		return x.StateBytes
+	}
+	return 0
+}
+
+func (x *MoveTimings) GetPrecopyUs() int64 {
+	if x != nil {
+		return x.PrecopyUs
 	}
 	return 0
 }
@@ -2036,6 +2045,132 @@ func (*DropReplicaResponse) Descriptor() ([]byte, []int) {
 	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{31}
 }
 
+type ShipObjectsMsg struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ShipObjectsMsg_MoveId
+	//	*ShipObjectsMsg_Object
+	Msg           isShipObjectsMsg_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShipObjectsMsg) Reset() {
+	*x = ShipObjectsMsg{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShipObjectsMsg) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShipObjectsMsg) ProtoMessage() {}
+
+func (x *ShipObjectsMsg) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShipObjectsMsg.ProtoReflect.Descriptor instead.
+func (*ShipObjectsMsg) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ShipObjectsMsg) GetMsg() isShipObjectsMsg_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ShipObjectsMsg) GetMoveId() string {
+	if x != nil {
+		if x, ok := x.Msg.(*ShipObjectsMsg_MoveId); ok {
+			return x.MoveId
+		}
+	}
+	return ""
+}
+
+func (x *ShipObjectsMsg) GetObject() *ShippedObject {
+	if x != nil {
+		if x, ok := x.Msg.(*ShipObjectsMsg_Object); ok {
+			return x.Object
+		}
+	}
+	return nil
+}
+
+type isShipObjectsMsg_Msg interface {
+	isShipObjectsMsg_Msg()
+}
+
+type ShipObjectsMsg_MoveId struct {
+	MoveId string `protobuf:"bytes,1,opt,name=move_id,json=moveId,proto3,oneof"`
+}
+
+type ShipObjectsMsg_Object struct {
+	Object *ShippedObject `protobuf:"bytes,2,opt,name=object,proto3,oneof"`
+}
+
+func (*ShipObjectsMsg_MoveId) isShipObjectsMsg_Msg() {}
+
+func (*ShipObjectsMsg_Object) isShipObjectsMsg_Msg() {}
+
+type ShipObjectsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Objects       int32                  `protobuf:"varint,1,opt,name=objects,proto3" json:"objects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShipObjectsResponse) Reset() {
+	*x = ShipObjectsResponse{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShipObjectsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShipObjectsResponse) ProtoMessage() {}
+
+func (x *ShipObjectsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShipObjectsResponse.ProtoReflect.Descriptor instead.
+func (*ShipObjectsResponse) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ShipObjectsResponse) GetObjects() int32 {
+	if x != nil {
+		return x.Objects
+	}
+	return 0
+}
+
 var File_imash_mws_v1_peer_proto protoreflect.FileDescriptor
 
 const file_imash_mws_v1_peer_proto_rawDesc = "" +
@@ -2102,7 +2237,7 @@ const file_imash_mws_v1_peer_proto_rawDesc = "" +
 	"\x02to\x18\x02 \x01(\tR\x02to\"S\n" +
 	"\fMoveResponse\x12\x0e\n" +
 	"\x02to\x18\x01 \x01(\tR\x02to\x123\n" +
-	"\atimings\x18\x02 \x01(\v2\x19.imash.mws.v1.MoveTimingsR\atimings\"\xa2\x01\n" +
+	"\atimings\x18\x02 \x01(\v2\x19.imash.mws.v1.MoveTimingsR\atimings\"\xc1\x01\n" +
 	"\vMoveTimings\x12\x1d\n" +
 	"\n" +
 	"prepare_us\x18\x01 \x01(\x03R\tprepareUs\x12\x1f\n" +
@@ -2111,7 +2246,9 @@ const file_imash_mws_v1_peer_proto_rawDesc = "" +
 	"\aship_us\x18\x03 \x01(\x03R\x06shipUs\x12\x19\n" +
 	"\btotal_us\x18\x04 \x01(\x03R\atotalUs\x12\x1f\n" +
 	"\vstate_bytes\x18\x05 \x01(\x03R\n" +
-	"stateBytes\"\"\n" +
+	"stateBytes\x12\x1d\n" +
+	"\n" +
+	"precopy_us\x18\x06 \x01(\x03R\tprecopyUs\"\"\n" +
 	"\fDrainRequest\x12\x12\n" +
 	"\x04exit\x18\x01 \x01(\bR\x04exit\"\x8e\x01\n" +
 	"\rDrainProgress\x12\x14\n" +
@@ -2178,11 +2315,18 @@ const file_imash_mws_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"\x15\n" +
-	"\x13DropReplicaResponse2\x96\x04\n" +
+	"\x13DropReplicaResponse\"i\n" +
+	"\x0eShipObjectsMsg\x12\x19\n" +
+	"\amove_id\x18\x01 \x01(\tH\x00R\x06moveId\x125\n" +
+	"\x06object\x18\x02 \x01(\v2\x1b.imash.mws.v1.ShippedObjectH\x00R\x06objectB\x05\n" +
+	"\x03msg\"/\n" +
+	"\x13ShipObjectsResponse\x12\x18\n" +
+	"\aobjects\x18\x01 \x01(\x05R\aobjects2\xe8\x04\n" +
 	"\x04Peer\x12R\n" +
 	"\vPrepareMove\x12 .imash.mws.v1.PrepareMoveRequest\x1a!.imash.mws.v1.PrepareMoveResponse\x12S\n" +
 	"\fCompleteMove\x12\x1d.imash.mws.v1.CompleteMoveMsg\x1a\".imash.mws.v1.CompleteMoveResponse(\x01\x12L\n" +
-	"\tAbortMove\x12\x1e.imash.mws.v1.AbortMoveRequest\x1a\x1f.imash.mws.v1.AbortMoveResponse\x12=\n" +
+	"\tAbortMove\x12\x1e.imash.mws.v1.AbortMoveRequest\x1a\x1f.imash.mws.v1.AbortMoveResponse\x12P\n" +
+	"\vShipObjects\x12\x1c.imash.mws.v1.ShipObjectsMsg\x1a!.imash.mws.v1.ShipObjectsResponse(\x01\x12=\n" +
 	"\x04Load\x12\x19.imash.mws.v1.LoadRequest\x1a\x1a.imash.mws.v1.LoadResponse\x12:\n" +
 	"\x04Fash\x12\x15.imash.mws.v1.FashMsg\x1a\x17.imash.mws.v1.FashReply(\x010\x01\x12H\n" +
 	"\tReplicate\x12\x18.imash.mws.v1.ReplicaMsg\x1a\x1f.imash.mws.v1.ReplicateResponse(\x01\x12R\n" +
@@ -2204,7 +2348,7 @@ func file_imash_mws_v1_peer_proto_rawDescGZIP() []byte {
 	return file_imash_mws_v1_peer_proto_rawDescData
 }
 
-var file_imash_mws_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_imash_mws_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_imash_mws_v1_peer_proto_goTypes = []any{
 	(*SessionRecord)(nil),        // 0: imash.mws.v1.SessionRecord
 	(*PrepareMoveRequest)(nil),   // 1: imash.mws.v1.PrepareMoveRequest
@@ -2238,55 +2382,60 @@ var file_imash_mws_v1_peer_proto_goTypes = []any{
 	(*ReplicateResponse)(nil),    // 29: imash.mws.v1.ReplicateResponse
 	(*DropReplicaRequest)(nil),   // 30: imash.mws.v1.DropReplicaRequest
 	(*DropReplicaResponse)(nil),  // 31: imash.mws.v1.DropReplicaResponse
-	nil,                          // 32: imash.mws.v1.ShippedObject.HeaderEntry
-	(*Element)(nil),              // 33: imash.mws.v1.Element
-	(*HandoffTimings)(nil),       // 34: imash.mws.v1.HandoffTimings
+	(*ShipObjectsMsg)(nil),       // 32: imash.mws.v1.ShipObjectsMsg
+	(*ShipObjectsResponse)(nil),  // 33: imash.mws.v1.ShipObjectsResponse
+	nil,                          // 34: imash.mws.v1.ShippedObject.HeaderEntry
+	(*Element)(nil),              // 35: imash.mws.v1.Element
+	(*HandoffTimings)(nil),       // 36: imash.mws.v1.HandoffTimings
 }
 var file_imash_mws_v1_peer_proto_depIdxs = []int32{
 	0,  // 0: imash.mws.v1.PrepareMoveRequest.session:type_name -> imash.mws.v1.SessionRecord
 	3,  // 1: imash.mws.v1.CompleteMoveHeader.streams:type_name -> imash.mws.v1.MovedStream
-	33, // 2: imash.mws.v1.CompleteMoveHeader.savepoint:type_name -> imash.mws.v1.Element
-	32, // 3: imash.mws.v1.ShippedObject.header:type_name -> imash.mws.v1.ShippedObject.HeaderEntry
+	35, // 2: imash.mws.v1.CompleteMoveHeader.savepoint:type_name -> imash.mws.v1.Element
+	34, // 3: imash.mws.v1.ShippedObject.header:type_name -> imash.mws.v1.ShippedObject.HeaderEntry
 	4,  // 4: imash.mws.v1.CompleteMoveMsg.header:type_name -> imash.mws.v1.CompleteMoveHeader
 	5,  // 5: imash.mws.v1.CompleteMoveMsg.object:type_name -> imash.mws.v1.ShippedObject
 	14, // 6: imash.mws.v1.MoveResponse.timings:type_name -> imash.mws.v1.MoveTimings
 	18, // 7: imash.mws.v1.MembersResponse.members:type_name -> imash.mws.v1.Member
 	20, // 8: imash.mws.v1.FashMsg.start:type_name -> imash.mws.v1.FashStart
 	21, // 9: imash.mws.v1.FashMsg.state:type_name -> imash.mws.v1.FashState
-	34, // 10: imash.mws.v1.FashDone.timings:type_name -> imash.mws.v1.HandoffTimings
+	36, // 10: imash.mws.v1.FashDone.timings:type_name -> imash.mws.v1.HandoffTimings
 	24, // 11: imash.mws.v1.FashReply.parked:type_name -> imash.mws.v1.FashParked
 	23, // 12: imash.mws.v1.FashReply.answer:type_name -> imash.mws.v1.FashAnswer
 	25, // 13: imash.mws.v1.FashReply.done:type_name -> imash.mws.v1.FashDone
 	0,  // 14: imash.mws.v1.ReplicaHeader.session:type_name -> imash.mws.v1.SessionRecord
 	3,  // 15: imash.mws.v1.ReplicaHeader.streams:type_name -> imash.mws.v1.MovedStream
-	33, // 16: imash.mws.v1.ReplicaHeader.savepoint:type_name -> imash.mws.v1.Element
+	35, // 16: imash.mws.v1.ReplicaHeader.savepoint:type_name -> imash.mws.v1.Element
 	27, // 17: imash.mws.v1.ReplicaMsg.header:type_name -> imash.mws.v1.ReplicaHeader
 	5,  // 18: imash.mws.v1.ReplicaMsg.object:type_name -> imash.mws.v1.ShippedObject
-	1,  // 19: imash.mws.v1.Peer.PrepareMove:input_type -> imash.mws.v1.PrepareMoveRequest
-	6,  // 20: imash.mws.v1.Peer.CompleteMove:input_type -> imash.mws.v1.CompleteMoveMsg
-	8,  // 21: imash.mws.v1.Peer.AbortMove:input_type -> imash.mws.v1.AbortMoveRequest
-	10, // 22: imash.mws.v1.Peer.Load:input_type -> imash.mws.v1.LoadRequest
-	22, // 23: imash.mws.v1.Peer.Fash:input_type -> imash.mws.v1.FashMsg
-	28, // 24: imash.mws.v1.Peer.Replicate:input_type -> imash.mws.v1.ReplicaMsg
-	30, // 25: imash.mws.v1.Peer.DropReplica:input_type -> imash.mws.v1.DropReplicaRequest
-	12, // 26: imash.mws.v1.Operator.Move:input_type -> imash.mws.v1.MoveRequest
-	15, // 27: imash.mws.v1.Operator.Drain:input_type -> imash.mws.v1.DrainRequest
-	17, // 28: imash.mws.v1.Operator.Members:input_type -> imash.mws.v1.MembersRequest
-	2,  // 29: imash.mws.v1.Peer.PrepareMove:output_type -> imash.mws.v1.PrepareMoveResponse
-	7,  // 30: imash.mws.v1.Peer.CompleteMove:output_type -> imash.mws.v1.CompleteMoveResponse
-	9,  // 31: imash.mws.v1.Peer.AbortMove:output_type -> imash.mws.v1.AbortMoveResponse
-	11, // 32: imash.mws.v1.Peer.Load:output_type -> imash.mws.v1.LoadResponse
-	26, // 33: imash.mws.v1.Peer.Fash:output_type -> imash.mws.v1.FashReply
-	29, // 34: imash.mws.v1.Peer.Replicate:output_type -> imash.mws.v1.ReplicateResponse
-	31, // 35: imash.mws.v1.Peer.DropReplica:output_type -> imash.mws.v1.DropReplicaResponse
-	13, // 36: imash.mws.v1.Operator.Move:output_type -> imash.mws.v1.MoveResponse
-	16, // 37: imash.mws.v1.Operator.Drain:output_type -> imash.mws.v1.DrainProgress
-	19, // 38: imash.mws.v1.Operator.Members:output_type -> imash.mws.v1.MembersResponse
-	29, // [29:39] is the sub-list for method output_type
-	19, // [19:29] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	5,  // 19: imash.mws.v1.ShipObjectsMsg.object:type_name -> imash.mws.v1.ShippedObject
+	1,  // 20: imash.mws.v1.Peer.PrepareMove:input_type -> imash.mws.v1.PrepareMoveRequest
+	6,  // 21: imash.mws.v1.Peer.CompleteMove:input_type -> imash.mws.v1.CompleteMoveMsg
+	8,  // 22: imash.mws.v1.Peer.AbortMove:input_type -> imash.mws.v1.AbortMoveRequest
+	32, // 23: imash.mws.v1.Peer.ShipObjects:input_type -> imash.mws.v1.ShipObjectsMsg
+	10, // 24: imash.mws.v1.Peer.Load:input_type -> imash.mws.v1.LoadRequest
+	22, // 25: imash.mws.v1.Peer.Fash:input_type -> imash.mws.v1.FashMsg
+	28, // 26: imash.mws.v1.Peer.Replicate:input_type -> imash.mws.v1.ReplicaMsg
+	30, // 27: imash.mws.v1.Peer.DropReplica:input_type -> imash.mws.v1.DropReplicaRequest
+	12, // 28: imash.mws.v1.Operator.Move:input_type -> imash.mws.v1.MoveRequest
+	15, // 29: imash.mws.v1.Operator.Drain:input_type -> imash.mws.v1.DrainRequest
+	17, // 30: imash.mws.v1.Operator.Members:input_type -> imash.mws.v1.MembersRequest
+	2,  // 31: imash.mws.v1.Peer.PrepareMove:output_type -> imash.mws.v1.PrepareMoveResponse
+	7,  // 32: imash.mws.v1.Peer.CompleteMove:output_type -> imash.mws.v1.CompleteMoveResponse
+	9,  // 33: imash.mws.v1.Peer.AbortMove:output_type -> imash.mws.v1.AbortMoveResponse
+	33, // 34: imash.mws.v1.Peer.ShipObjects:output_type -> imash.mws.v1.ShipObjectsResponse
+	11, // 35: imash.mws.v1.Peer.Load:output_type -> imash.mws.v1.LoadResponse
+	26, // 36: imash.mws.v1.Peer.Fash:output_type -> imash.mws.v1.FashReply
+	29, // 37: imash.mws.v1.Peer.Replicate:output_type -> imash.mws.v1.ReplicateResponse
+	31, // 38: imash.mws.v1.Peer.DropReplica:output_type -> imash.mws.v1.DropReplicaResponse
+	13, // 39: imash.mws.v1.Operator.Move:output_type -> imash.mws.v1.MoveResponse
+	16, // 40: imash.mws.v1.Operator.Drain:output_type -> imash.mws.v1.DrainProgress
+	19, // 41: imash.mws.v1.Operator.Members:output_type -> imash.mws.v1.MembersResponse
+	31, // [31:42] is the sub-list for method output_type
+	20, // [20:31] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_imash_mws_v1_peer_proto_init() }
@@ -2312,13 +2461,17 @@ func file_imash_mws_v1_peer_proto_init() {
 		(*ReplicaMsg_Header)(nil),
 		(*ReplicaMsg_Object)(nil),
 	}
+	file_imash_mws_v1_peer_proto_msgTypes[32].OneofWrappers = []any{
+		(*ShipObjectsMsg_MoveId)(nil),
+		(*ShipObjectsMsg_Object)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imash_mws_v1_peer_proto_rawDesc), len(file_imash_mws_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -41,6 +41,7 @@ const (
 	Peer_PrepareMove_FullMethodName  = "/imash.mws.v1.Peer/PrepareMove"
 	Peer_CompleteMove_FullMethodName = "/imash.mws.v1.Peer/CompleteMove"
 	Peer_AbortMove_FullMethodName    = "/imash.mws.v1.Peer/AbortMove"
+	Peer_ShipObjects_FullMethodName  = "/imash.mws.v1.Peer/ShipObjects"
 	Peer_Load_FullMethodName         = "/imash.mws.v1.Peer/Load"
 	Peer_Fash_FullMethodName         = "/imash.mws.v1.Peer/Fash"
 	Peer_Replicate_FullMethodName    = "/imash.mws.v1.Peer/Replicate"
@@ -62,6 +63,12 @@ type PeerClient interface {
 	// AbortMove forgets a prepared move (its skeleton). A completed move
 	// cannot be aborted (FailedPrecondition, MOVE_COMPLETED).
 	AbortMove(ctx context.Context, in *AbortMoveRequest, opts ...grpc.CallOption) (*AbortMoveResponse, error)
+	// ShipObjects sends, for a prepared move and before the streams are
+	// handed over, original server objects the session has fetched (those
+	// named at PrepareMove), so that CompleteMove, sent once the session is
+	// frozen, carries little: the first message names the move, objects
+	// follow.
+	ShipObjects(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ShipObjectsMsg, ShipObjectsResponse], error)
 	// Load reports this MWS's load (admission and overload decisions read it
 	// from membership metadata; this is the authoritative value).
 	Load(ctx context.Context, in *LoadRequest, opts ...grpc.CallOption) (*LoadResponse, error)
@@ -128,6 +135,19 @@ func (c *peerClient) AbortMove(ctx context.Context, in *AbortMoveRequest, opts .
 	return out, nil
 }
 
+func (c *peerClient) ShipObjects(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ShipObjectsMsg, ShipObjectsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Peer_ServiceDesc.Streams[1], Peer_ShipObjects_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ShipObjectsMsg, ShipObjectsResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Peer_ShipObjectsClient = grpc.ClientStreamingClient[ShipObjectsMsg, ShipObjectsResponse]
+
 func (c *peerClient) Load(ctx context.Context, in *LoadRequest, opts ...grpc.CallOption) (*LoadResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(LoadResponse)
@@ -140,7 +160,7 @@ func (c *peerClient) Load(ctx context.Context, in *LoadRequest, opts ...grpc.Cal
 
 func (c *peerClient) Fash(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FashMsg, FashReply], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Peer_ServiceDesc.Streams[1], Peer_Fash_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Peer_ServiceDesc.Streams[2], Peer_Fash_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +173,7 @@ type Peer_FashClient = grpc.BidiStreamingClient[FashMsg, FashReply]
 
 func (c *peerClient) Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ReplicaMsg, ReplicateResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Peer_ServiceDesc.Streams[2], Peer_Replicate_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Peer_ServiceDesc.Streams[3], Peer_Replicate_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +209,12 @@ type PeerServer interface {
 	// AbortMove forgets a prepared move (its skeleton). A completed move
 	// cannot be aborted (FailedPrecondition, MOVE_COMPLETED).
 	AbortMove(context.Context, *AbortMoveRequest) (*AbortMoveResponse, error)
+	// ShipObjects sends, for a prepared move and before the streams are
+	// handed over, original server objects the session has fetched (those
+	// named at PrepareMove), so that CompleteMove, sent once the session is
+	// frozen, carries little: the first message names the move, objects
+	// follow.
+	ShipObjects(grpc.ClientStreamingServer[ShipObjectsMsg, ShipObjectsResponse]) error
 	// Load reports this MWS's load (admission and overload decisions read it
 	// from membership metadata; this is the authoritative value).
 	Load(context.Context, *LoadRequest) (*LoadResponse, error)
@@ -230,6 +256,9 @@ func (UnimplementedPeerServer) CompleteMove(grpc.ClientStreamingServer[CompleteM
 }
 func (UnimplementedPeerServer) AbortMove(context.Context, *AbortMoveRequest) (*AbortMoveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AbortMove not implemented")
+}
+func (UnimplementedPeerServer) ShipObjects(grpc.ClientStreamingServer[ShipObjectsMsg, ShipObjectsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ShipObjects not implemented")
 }
 func (UnimplementedPeerServer) Load(context.Context, *LoadRequest) (*LoadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Load not implemented")
@@ -306,6 +335,13 @@ func _Peer_AbortMove_Handler(srv interface{}, ctx context.Context, dec func(inte
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Peer_ShipObjects_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PeerServer).ShipObjects(&grpc.GenericServerStream[ShipObjectsMsg, ShipObjectsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Peer_ShipObjectsServer = grpc.ClientStreamingServer[ShipObjectsMsg, ShipObjectsResponse]
 
 func _Peer_Load_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LoadRequest)
@@ -385,6 +421,11 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "CompleteMove",
 			Handler:       _Peer_CompleteMove_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "ShipObjects",
+			Handler:       _Peer_ShipObjects_Handler,
 			ClientStreams: true,
 		},
 		{
