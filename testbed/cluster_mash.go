@@ -28,9 +28,10 @@ const echoBytes = 64
 type mashMove struct {
 	From string `json:"from"`
 	To   string `json:"to"`
-	// PrepareUS, HandoverUS, ShipUS and TotalUS are the source MWS's
+	// PrepareUS, PrecopyUS, HandoverUS, ShipUS and TotalUS are the source MWS's
 	// account of the move (mws.MoveResult); StateBytes what it shipped.
 	PrepareUS  int64 `json:"prepare_us"`
+	PrecopyUS  int64 `json:"precopy_us"`
 	HandoverUS int64 `json:"handover_us"`
 	ShipUS     int64 `json:"ship_us"`
 	TotalUS    int64 `json:"total_us"`
@@ -180,7 +181,7 @@ func runMASH(ctx context.Context, env *testbedEnv, moves int, seed uint64) (res 
 		}
 		res.Moves = append(res.Moves, mashMove{
 			From: names[at], To: names[to],
-			PrepareUS: us(mr.Prepare), HandoverUS: us(mr.Handover), ShipUS: us(mr.Ship), TotalUS: us(mr.Total),
+			PrepareUS: us(mr.Prepare), PrecopyUS: us(mr.Precopy), HandoverUS: us(mr.Handover), ShipUS: us(mr.Ship), TotalUS: us(mr.Total),
 			StateBytes: mr.StateBytes, StallUS: us(stall), DownAt: down0, UpAt: up0,
 		})
 		at = to

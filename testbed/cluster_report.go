@@ -82,6 +82,7 @@ func (m *mashResult) write(w io.Writer, mwss int) {
 	}{
 		{"MWS move total (MoveSession)", col(func(mv mashMove) int64 { return mv.TotalUS })},
 		{"  target prepares", col(func(mv mashMove) int64 { return mv.PrepareUS })},
+		{"  objects sent ahead", col(func(mv mashMove) int64 { return mv.PrecopyUS })},
 		{"  mux hands the streams over", col(func(mv mashMove) int64 { return mv.HandoverUS })},
 		{"  state shipped", col(func(mv mashMove) int64 { return mv.ShipUS })},
 		{fmt.Sprintf("app stall (%d-byte echo round trips)", echoBytes), col(func(mv mashMove) int64 { return mv.StallUS })},
