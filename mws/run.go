@@ -42,29 +42,34 @@ Commands:
              --ticket-secret-file tickets.key
   ca     manage the cluster CA: init, issue, list ("imash-mws ca help")
   user   manage the user file: add, del, list ("imash-mws user help")
-  help   show this text; "imash-mws help serve|ca|user" shows a command's help
+  op     operate a running cluster with an operator certificate: members,
+         move a session, drain an MWS ("imash-mws op help")
+         imash-mws op members --mws 127.0.0.1:7800 --cert op.pem \
+             --key op-key.pem --ca ca.pem
+  help   show this text; "imash-mws help serve|ca|user|op" shows a
+         command's help
 
 Every serve flag can also be set as an environment variable (IMASH_MWS_ plus
 the flag name in upper case with - as _, e.g. IMASH_MWS_CACHE_BYTES=1GiB;
 repeatable flags as a comma-separated list) or in a JSON file given with
 --config whose keys are the flag names. Flags win over the environment, which
-wins over the file.
+wins over the file. The flags of "op" work alike with IMASH_OP_.
 `
 
 // ErrUsage marks errors of the invocation itself — unknown command, bad
 // flag, invalid configuration — for which a main function exits with status
-// 2. Usage errors of "ca" and "user" match it too.
+// 2. Usage errors of "ca", "user" and "op" match it too.
 var ErrUsage = errors.New("usage")
 
 // DefaultListen is the address "imash-mws serve" listens on for devices
 // unless told otherwise.
 const DefaultListen = "127.0.0.1:7800"
 
-// Run is imash-mws: it dispatches to the serve, ca and user commands. args
-// are the arguments after the program name; stdin supplies the password of
-// "user add". Results and help go to stdout, logs and usage text for bad
-// invocations to stderr; the error is returned, never printed. "serve"
-// returns nil after ctx ends and the server has shut down.
+// Run is imash-mws: it dispatches to the serve, ca, user and op commands.
+// args are the arguments after the program name; stdin supplies the
+// password of "user add". Results and help go to stdout, logs and usage
+// text for bad invocations to stderr; the error is returned, never
+// printed. "serve" returns nil after ctx ends and the server has shut down.
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		io.WriteString(stderr, Usage)
@@ -77,6 +82,8 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return asRunUsage(castore.Run(ctx, args[1:], stdout, stderr), castore.ErrUsage)
 	case "user":
 		return asRunUsage(users.Run(ctx, args[1:], stdin, stdout, stderr), users.ErrUsage)
+	case "op":
+		return runOp(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		return runHelp(ctx, args[1:], stdin, stdout, stderr)
 	default:
@@ -95,6 +102,8 @@ func runHelp(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		return runServe(ctx, []string{"-h"}, stdout, stderr)
 	case "ca", "user":
 		return Run(ctx, []string{args[0], "help"}, stdin, stdout, stderr)
+	case "op":
+		return runOp(ctx, append([]string{"help"}, args[1:]...), stdout, stderr)
 	}
 	io.WriteString(stderr, Usage)
 	return fmt.Errorf("%w: help: unknown command %q", ErrUsage, args[0])

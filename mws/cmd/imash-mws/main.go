@@ -1,5 +1,6 @@
-// Command imash-mws runs an imash middleware server ("serve") and manages
-// the cluster CA ("ca") and the user file ("user"). See `imash-mws help`.
+// Command imash-mws runs an imash middleware server ("serve"), manages the
+// cluster CA ("ca") and the user file ("user"), and operates a running
+// cluster with an operator certificate ("op"). See `imash-mws help`.
 //
 // SIGINT or SIGTERM stops "serve" gracefully (in a cluster, after moving
 // its sessions to peers); a second one ends the process at once.
