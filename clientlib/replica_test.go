@@ -17,6 +17,7 @@ import (
 	"github.com/imashproject/imash/clientlib"
 	"github.com/imashproject/imash/internal/pki"
 	"github.com/imashproject/imash/internal/rpcerr"
+	"github.com/imashproject/imash/mws"
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
 	"github.com/imashproject/imash/testbed/legacy"
 )
@@ -323,5 +324,53 @@ func TestPeerCallsBadInput(t *testing.T) {
 	}
 	if _, err := sess.Get(ctx, "images", "/images/"+e.set.Images()[1].Name); err != nil {
 		t.Fatalf("the session suffered: %v", err)
+	}
+}
+
+// TestReplicaPlacedAgain: when the MWS keeping a session's replica dies,
+// the session's MWS places the replica on another peer; when the
+// session's own MWS then dies, its device finds the session there.
+func TestReplicaPlacedAgain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e := newMASHEnv(t, 0, func(c *mws.Config) { c.Cluster.BalanceInterval = 50 * time.Millisecond })
+	src := e.device(t, "pda", 0)
+	sess, err := src.OpenSession(ctx, "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := e.set.Images()[0]
+	if _, err := sess.Get(ctx, "images", "/images/"+img.Name); err != nil {
+		t.Fatal(err)
+	}
+	holder := func(gone *mws.Server) *mws.Server {
+		for _, s := range e.cl.MWS[1:] {
+			if s != gone && s.Stats().Replicas == 1 {
+				return s
+			}
+		}
+		return nil
+	}
+	var first *mws.Server
+	pollDeadline(t, "the session's replica", func() bool { first = holder(nil); return first != nil })
+	kill := func(s *mws.Server) {
+		dead, deadCancel := context.WithCancel(ctx)
+		deadCancel()
+		s.Close(dead)
+		e.cl.Peers.SetAlive(s.Name(), false)
+	}
+	kill(first)
+	var second *mws.Server
+	pollDeadline(t, "the replica placed again", func() bool {
+		second = holder(first)
+		return second != nil
+	})
+	kill(e.cl.MWS[0])
+	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
+	if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
+		t.Fatalf("Get after the session's MWS died: %v", err)
+	}
+	if at := sess.MWS(); at != second.Name() {
+		t.Fatalf("the session is at %q, want %s", at, second.Name())
 	}
 }

@@ -126,6 +126,7 @@ func (s *Server) balancer() {
 		case <-t.C:
 			s.publishLoad()
 			s.relieve(context.Background())
+			s.placeReplicas()
 		case <-s.stopJanitor:
 			return
 		}

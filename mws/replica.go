@@ -249,6 +249,65 @@ func (s *Server) sendReplica(ctx context.Context, p PeerInfo, hdr *mwsv1.Replica
 	return nil
 }
 
+// maxReplaced bounds the sessions whose replicas one balancing round
+// places again.
+const maxReplaced = 256
+
+// placeReplicas replicates again, in the background, the sessions that
+// have fewer replicas on live peers than configured while live peers
+// exist: their replica's MWS left or died, or no peer was there before.
+func (s *Server) placeReplicas() {
+	m := s.cfg.Cluster.Membership
+	if m == nil || s.cfg.Cluster.Replicas == 0 || s.draining.Load() || !s.replacing.CompareAndSwap(false, true) {
+		return
+	}
+	live := map[string]bool{}
+	for _, p := range m.Peers() {
+		if p.Alive && !p.Draining {
+			live[p.Name] = true
+		}
+	}
+	want := min(s.cfg.Cluster.Replicas, len(live))
+	var todo []*session
+	for _, ss := range s.sessions.list("") {
+		ss.repl.mu.Lock()
+		n := 0
+		for _, p := range ss.repl.peers {
+			if live[p] {
+				n++
+			}
+		}
+		ss.repl.mu.Unlock()
+		if n < want {
+			todo = append(todo, ss)
+			if len(todo) == maxReplaced {
+				break
+			}
+		}
+	}
+	if len(todo) == 0 {
+		s.replacing.Store(false)
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		defer s.replacing.Store(false)
+		placed := 0
+		for _, ss := range todo {
+			ctx, cancel := context.WithTimeout(s.bgCtx, s.cfg.Cluster.MoveTimeout)
+			if s.sessions.holds(ss) && s.replicate(ctx, ss) == nil {
+				placed++
+			}
+			cancel()
+			if s.bgCtx.Err() != nil {
+				return
+			}
+		}
+		s.log.Info("replicas placed again", "sessions", placed, "of", len(todo))
+	}()
+}
+
 // replicateLater replicates ss in the background.
 func (s *Server) replicateLater(ss *session) {
 	if s.cfg.Cluster.Membership == nil || s.cfg.Cluster.Replicas == 0 {

@@ -50,6 +50,8 @@ type Server struct {
 	peers    *peerPool
 	moves    *moveTable
 	replicas *replicaTable
+	// replacing is set while placeReplicas works.
+	replacing atomic.Bool
 	// bg counts background work (replication) that Close waits for;
 	// bgCtx ends when Close begins, as do handoffs waiting for a target.
 	bg       sync.WaitGroup
@@ -289,12 +291,18 @@ func (s *Server) closeStreams(ctx context.Context, ss *session) int {
 // Stats are an MWS's counters.
 type Stats struct {
 	Sessions int
+	// Replicas is how many of its peers' sessions this MWS keeps a
+	// replica of.
+	Replicas int
 	Cache    objcache.Stats
 }
 
 // Stats returns current counters.
 func (s *Server) Stats() Stats {
-	return Stats{Sessions: s.sessions.len(), Cache: s.cache.Stats()}
+	s.replicas.mu.Lock()
+	replicas := len(s.replicas.byID)
+	s.replicas.mu.Unlock()
+	return Stats{Sessions: s.sessions.len(), Replicas: replicas, Cache: s.cache.Stats()}
 }
 
 // Name is the MWS's name.
