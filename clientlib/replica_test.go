@@ -374,3 +374,40 @@ func TestReplicaPlacedAgain(t *testing.T) {
 		t.Fatalf("the session is at %q, want %s", at, second.Name())
 	}
 }
+
+// TestSessionFoundAfterItsMWSForgot: an idle device (no event channel)
+// whose session moved while its MWS forgot where (here: the forwarding
+// record expired, as after a restart) finds the session on the cluster's
+// other MWSs with its key at its next call.
+func TestSessionFoundAfterItsMWSForgot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := newMASHEnv(t, 0, func(c *mws.Config) { c.Cluster.ForwardTTL = time.Millisecond })
+	c := e.device(t, "pda", 0)
+	sess, err := c.OpenSession(ctx, "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := c.OpenSession(ctx, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := e.cl.MWS[0]
+	if _, err := src.MoveSession(ctx, sess.ID(), e.cl.MWS[2].Name(), "operator"); err != nil {
+		t.Fatal(err)
+	}
+	// The forwarding record expires; the next move drops it.
+	moved := time.Now()
+	pollDeadline(t, "the forwarding record to expire", func() bool { return time.Since(moved) > 10*time.Millisecond })
+	if _, err := src.MoveSession(ctx, other.ID(), e.cl.MWS[1].Name(), "operator"); err != nil {
+		t.Fatal(err)
+	}
+	img := e.set.Images()[0]
+	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
+	if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
+		t.Fatalf("Get after the MWS forgot the session: %v", err)
+	}
+	if at := sess.MWS(); at != e.cl.MWS[2].Name() {
+		t.Fatalf("the session is at %q, want %s", at, e.cl.MWS[2].Name())
+	}
+}

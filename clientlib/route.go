@@ -223,13 +223,19 @@ func (s *Session) currentKey() string {
 }
 
 // recover follows the session after err, when err says it moved, or when
-// its MWS is unreachable (then the session is looked for, with its key, on
-// the cluster's other MWSs). It reports whether the call may be retried.
+// its MWS is unreachable or no longer knows it (it restarted: then the
+// session is looked for, with its key, on the cluster's other MWSs). It
+// reports whether the call may be retried.
 func (s *Session) recover(ctx context.Context, err error, from *route) bool {
 	if t := moveTarget(err); t != nil {
 		return s.follow(ctx, t, from) == nil
 	}
-	if rpcerr.Code(err) != codes.Unavailable || rpcerr.Reason(err) != "" {
+	switch {
+	case rpcerr.Code(err) == codes.Unavailable && rpcerr.Reason(err) == "":
+	case rpcerr.Reason(err) == "BAD_CREDENTIAL" || rpcerr.Reason(err) == "UNKNOWN_SESSION":
+		// Its MWS restarted: the session went elsewhere meanwhile (a
+		// drain), or lives on as a replica.
+	default:
 		return false
 	}
 	s.c.mu.RLock()
