@@ -378,12 +378,16 @@ func TestReplicaPlacedAgain(t *testing.T) {
 // TestSessionFoundAfterItsMWSForgot: an idle device (no event channel)
 // whose session moved while its MWS forgot where (here: the forwarding
 // record expired, as after a restart) finds the session on the cluster's
-// other MWSs with its key at its next call.
+// other MWSs with its key at its next call, on an MWS that joined the
+// cluster after the device logged in.
 func TestSessionFoundAfterItsMWSForgot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	e := newMASHEnv(t, 0, func(c *mws.Config) { c.Cluster.ForwardTTL = time.Millisecond })
+	late := e.cl.MWS[2].Name()
+	e.cl.Peers.SetAlive(late, false)
 	c := e.device(t, "pda", 0)
+	e.cl.Peers.SetAlive(late, true)
 	sess, err := c.OpenSession(ctx, "viewer")
 	if err != nil {
 		t.Fatal(err)

@@ -241,13 +241,47 @@ func (s *Session) recover(ctx context.Context, err error, from *route) bool {
 	s.c.mu.RLock()
 	peers := s.c.peers
 	s.c.mu.RUnlock()
-	for _, p := range peers {
-		t := &mwsv1.MoveTarget{SessionId: s.id, Mws: p}
-		if s.follow(ctx, t, from) == nil && s.route() != from {
-			return true
+	tried := map[string]bool{}
+	for range 2 {
+		for _, p := range peers {
+			if tried[p.GetAddr()] {
+				continue
+			}
+			tried[p.GetAddr()] = true
+			t := &mwsv1.MoveTarget{SessionId: s.id, Mws: p}
+			if s.follow(ctx, t, from) == nil && s.route() != from {
+				return true
+			}
+		}
+		// MWSs may have joined since the list was made: ask for it again.
+		if peers = s.c.refreshPeers(ctx, peers); peers == nil {
+			break
 		}
 	}
 	return false
+}
+
+// refreshPeers asks the MWSs of known, one after the other, for the
+// cluster's live MWSs, keeps the first answer as the device's list and
+// returns it (nil when none answered).
+func (c *Client) refreshPeers(ctx context.Context, known []*mwsv1.MWSAddr) []*mwsv1.MWSAddr {
+	for _, p := range known {
+		r, err := c.dialRoute(p.GetAddr())
+		if err != nil {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := r.api.Ping(pctx, &mwsv1.PingRequest{})
+		cancel()
+		if err != nil || len(resp.GetPeers()) == 0 {
+			continue
+		}
+		c.mu.Lock()
+		c.peers = resp.GetPeers()
+		c.mu.Unlock()
+		return resp.GetPeers()
+	}
+	return nil
 }
 
 // maxFollows bounds how many moves one call follows.

@@ -128,7 +128,7 @@ func (s *Server) peerAddrs() []*mwsv1.MWSAddr {
 
 // Ping answers at once.
 func (d *deviceService) Ping(context.Context, *mwsv1.PingRequest) (*mwsv1.PingResponse, error) {
-	return &mwsv1.PingResponse{Mws: d.s.cfg.Name, UnixNano: time.Now().UnixNano()}, nil
+	return &mwsv1.PingResponse{Mws: d.s.cfg.Name, UnixNano: time.Now().UnixNano(), Peers: d.s.peerAddrs()}, nil
 }
 
 // maxPathSamples bounds one path report.

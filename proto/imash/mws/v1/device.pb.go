@@ -544,9 +544,12 @@ func (*PingRequest) Descriptor() ([]byte, []int) {
 }
 
 type PingResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mws           string                 `protobuf:"bytes,1,opt,name=mws,proto3" json:"mws,omitempty"`
-	UnixNano      int64                  `protobuf:"varint,2,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Mws      string                 `protobuf:"bytes,1,opt,name=mws,proto3" json:"mws,omitempty"`
+	UnixNano int64                  `protobuf:"varint,2,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	// The cluster's live MWSs, this one included (where to look for a
+	// session whose MWS is gone).
+	Peers         []*MWSAddr `protobuf:"bytes,3,rep,name=peers,proto3" json:"peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -593,6 +596,13 @@ func (x *PingResponse) GetUnixNano() int64 {
 		return x.UnixNano
 	}
 	return 0
+}
+
+func (x *PingResponse) GetPeers() []*MWSAddr {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
 }
 
 type ProbeReplyRequest struct {
@@ -2718,10 +2728,11 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\vsession_key\x18\x05 \x01(\tR\n" +
 	"sessionKey\x12+\n" +
 	"\x05peers\x18\x06 \x03(\v2\x15.imash.mws.v1.MWSAddrR\x05peers\"\r\n" +
-	"\vPingRequest\"=\n" +
+	"\vPingRequest\"j\n" +
 	"\fPingResponse\x12\x10\n" +
 	"\x03mws\x18\x01 \x01(\tR\x03mws\x12\x1b\n" +
-	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\"%\n" +
+	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12+\n" +
+	"\x05peers\x18\x03 \x03(\v2\x15.imash.mws.v1.MWSAddrR\x05peers\"%\n" +
 	"\x11ProbeReplyRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x14\n" +
 	"\x12ProbeReplyResponse\"5\n" +
@@ -2961,71 +2972,72 @@ var file_imash_mws_v1_device_proto_depIdxs = []int32{
 	3,  // 0: imash.mws.v1.LoginResponse.peers:type_name -> imash.mws.v1.MWSAddr
 	3,  // 1: imash.mws.v1.MoveTarget.mws:type_name -> imash.mws.v1.MWSAddr
 	3,  // 2: imash.mws.v1.MoveInResponse.peers:type_name -> imash.mws.v1.MWSAddr
-	11, // 3: imash.mws.v1.ReportPathsRequest.samples:type_name -> imash.mws.v1.PathSample
-	4,  // 4: imash.mws.v1.OpenSessionResponse.moved:type_name -> imash.mws.v1.MoveTarget
-	21, // 5: imash.mws.v1.ListSessionsResponse.sessions:type_name -> imash.mws.v1.SessionInfo
-	24, // 6: imash.mws.v1.ListBackendsResponse.backends:type_name -> imash.mws.v1.BackendInfo
-	44, // 7: imash.mws.v1.GetRequest.headers:type_name -> imash.mws.v1.GetRequest.HeadersEntry
-	0,  // 8: imash.mws.v1.ObjectMeta.cache:type_name -> imash.mws.v1.CacheOutcome
-	45, // 9: imash.mws.v1.ObjectMeta.headers:type_name -> imash.mws.v1.ObjectMeta.HeadersEntry
-	27, // 10: imash.mws.v1.GetResponse.meta:type_name -> imash.mws.v1.ObjectMeta
-	31, // 11: imash.mws.v1.StreamRequest.open:type_name -> imash.mws.v1.StreamOpen
-	32, // 12: imash.mws.v1.StreamRequest.data:type_name -> imash.mws.v1.StreamData
-	33, // 13: imash.mws.v1.StreamRequest.ack:type_name -> imash.mws.v1.StreamAck
-	34, // 14: imash.mws.v1.StreamRequest.close_write:type_name -> imash.mws.v1.StreamCloseWrite
-	30, // 15: imash.mws.v1.StreamRequest.close:type_name -> imash.mws.v1.StreamClose
-	36, // 16: imash.mws.v1.StreamResponse.opened:type_name -> imash.mws.v1.StreamOpened
-	32, // 17: imash.mws.v1.StreamResponse.data:type_name -> imash.mws.v1.StreamData
-	33, // 18: imash.mws.v1.StreamResponse.up_ack:type_name -> imash.mws.v1.StreamAck
-	37, // 19: imash.mws.v1.StreamResponse.eof:type_name -> imash.mws.v1.StreamEof
-	38, // 20: imash.mws.v1.StreamResponse.closed:type_name -> imash.mws.v1.StreamClosed
-	42, // 21: imash.mws.v1.Event.connected:type_name -> imash.mws.v1.Connected
-	43, // 22: imash.mws.v1.Event.notice:type_name -> imash.mws.v1.Notice
-	46, // 23: imash.mws.v1.Event.offer:type_name -> imash.mws.v1.HandoffOffer
-	47, // 24: imash.mws.v1.Event.summary:type_name -> imash.mws.v1.StateSummary
-	41, // 25: imash.mws.v1.Event.probe:type_name -> imash.mws.v1.Probe
-	4,  // 26: imash.mws.v1.Event.moved:type_name -> imash.mws.v1.MoveTarget
-	1,  // 27: imash.mws.v1.Device.Login:input_type -> imash.mws.v1.LoginRequest
-	14, // 28: imash.mws.v1.Device.Logout:input_type -> imash.mws.v1.LogoutRequest
-	16, // 29: imash.mws.v1.Device.OpenSession:input_type -> imash.mws.v1.OpenSessionRequest
-	18, // 30: imash.mws.v1.Device.CloseSession:input_type -> imash.mws.v1.CloseSessionRequest
-	20, // 31: imash.mws.v1.Device.ListSessions:input_type -> imash.mws.v1.ListSessionsRequest
-	23, // 32: imash.mws.v1.Device.ListBackends:input_type -> imash.mws.v1.ListBackendsRequest
-	26, // 33: imash.mws.v1.Device.Get:input_type -> imash.mws.v1.GetRequest
-	29, // 34: imash.mws.v1.Device.Stream:input_type -> imash.mws.v1.StreamRequest
-	39, // 35: imash.mws.v1.Device.Events:input_type -> imash.mws.v1.EventsRequest
-	48, // 36: imash.mws.v1.Device.ListDevices:input_type -> imash.mws.v1.ListDevicesRequest
-	49, // 37: imash.mws.v1.Device.Handoff:input_type -> imash.mws.v1.HandoffClientMsg
-	50, // 38: imash.mws.v1.Device.AnswerOffer:input_type -> imash.mws.v1.AnswerOfferRequest
-	51, // 39: imash.mws.v1.Device.Resume:input_type -> imash.mws.v1.ResumeRequest
-	52, // 40: imash.mws.v1.Device.Reclaim:input_type -> imash.mws.v1.ReclaimRequest
-	5,  // 41: imash.mws.v1.Device.MoveIn:input_type -> imash.mws.v1.MoveInRequest
-	7,  // 42: imash.mws.v1.Device.Ping:input_type -> imash.mws.v1.PingRequest
-	9,  // 43: imash.mws.v1.Device.ProbeReply:input_type -> imash.mws.v1.ProbeReplyRequest
-	12, // 44: imash.mws.v1.Device.ReportPaths:input_type -> imash.mws.v1.ReportPathsRequest
-	2,  // 45: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
-	15, // 46: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
-	17, // 47: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
-	19, // 48: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
-	22, // 49: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
-	25, // 50: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
-	28, // 51: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
-	35, // 52: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
-	40, // 53: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
-	53, // 54: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
-	54, // 55: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
-	55, // 56: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
-	56, // 57: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
-	57, // 58: imash.mws.v1.Device.Reclaim:output_type -> imash.mws.v1.ReclaimResponse
-	6,  // 59: imash.mws.v1.Device.MoveIn:output_type -> imash.mws.v1.MoveInResponse
-	8,  // 60: imash.mws.v1.Device.Ping:output_type -> imash.mws.v1.PingResponse
-	10, // 61: imash.mws.v1.Device.ProbeReply:output_type -> imash.mws.v1.ProbeReplyResponse
-	13, // 62: imash.mws.v1.Device.ReportPaths:output_type -> imash.mws.v1.ReportPathsResponse
-	45, // [45:63] is the sub-list for method output_type
-	27, // [27:45] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	3,  // 3: imash.mws.v1.PingResponse.peers:type_name -> imash.mws.v1.MWSAddr
+	11, // 4: imash.mws.v1.ReportPathsRequest.samples:type_name -> imash.mws.v1.PathSample
+	4,  // 5: imash.mws.v1.OpenSessionResponse.moved:type_name -> imash.mws.v1.MoveTarget
+	21, // 6: imash.mws.v1.ListSessionsResponse.sessions:type_name -> imash.mws.v1.SessionInfo
+	24, // 7: imash.mws.v1.ListBackendsResponse.backends:type_name -> imash.mws.v1.BackendInfo
+	44, // 8: imash.mws.v1.GetRequest.headers:type_name -> imash.mws.v1.GetRequest.HeadersEntry
+	0,  // 9: imash.mws.v1.ObjectMeta.cache:type_name -> imash.mws.v1.CacheOutcome
+	45, // 10: imash.mws.v1.ObjectMeta.headers:type_name -> imash.mws.v1.ObjectMeta.HeadersEntry
+	27, // 11: imash.mws.v1.GetResponse.meta:type_name -> imash.mws.v1.ObjectMeta
+	31, // 12: imash.mws.v1.StreamRequest.open:type_name -> imash.mws.v1.StreamOpen
+	32, // 13: imash.mws.v1.StreamRequest.data:type_name -> imash.mws.v1.StreamData
+	33, // 14: imash.mws.v1.StreamRequest.ack:type_name -> imash.mws.v1.StreamAck
+	34, // 15: imash.mws.v1.StreamRequest.close_write:type_name -> imash.mws.v1.StreamCloseWrite
+	30, // 16: imash.mws.v1.StreamRequest.close:type_name -> imash.mws.v1.StreamClose
+	36, // 17: imash.mws.v1.StreamResponse.opened:type_name -> imash.mws.v1.StreamOpened
+	32, // 18: imash.mws.v1.StreamResponse.data:type_name -> imash.mws.v1.StreamData
+	33, // 19: imash.mws.v1.StreamResponse.up_ack:type_name -> imash.mws.v1.StreamAck
+	37, // 20: imash.mws.v1.StreamResponse.eof:type_name -> imash.mws.v1.StreamEof
+	38, // 21: imash.mws.v1.StreamResponse.closed:type_name -> imash.mws.v1.StreamClosed
+	42, // 22: imash.mws.v1.Event.connected:type_name -> imash.mws.v1.Connected
+	43, // 23: imash.mws.v1.Event.notice:type_name -> imash.mws.v1.Notice
+	46, // 24: imash.mws.v1.Event.offer:type_name -> imash.mws.v1.HandoffOffer
+	47, // 25: imash.mws.v1.Event.summary:type_name -> imash.mws.v1.StateSummary
+	41, // 26: imash.mws.v1.Event.probe:type_name -> imash.mws.v1.Probe
+	4,  // 27: imash.mws.v1.Event.moved:type_name -> imash.mws.v1.MoveTarget
+	1,  // 28: imash.mws.v1.Device.Login:input_type -> imash.mws.v1.LoginRequest
+	14, // 29: imash.mws.v1.Device.Logout:input_type -> imash.mws.v1.LogoutRequest
+	16, // 30: imash.mws.v1.Device.OpenSession:input_type -> imash.mws.v1.OpenSessionRequest
+	18, // 31: imash.mws.v1.Device.CloseSession:input_type -> imash.mws.v1.CloseSessionRequest
+	20, // 32: imash.mws.v1.Device.ListSessions:input_type -> imash.mws.v1.ListSessionsRequest
+	23, // 33: imash.mws.v1.Device.ListBackends:input_type -> imash.mws.v1.ListBackendsRequest
+	26, // 34: imash.mws.v1.Device.Get:input_type -> imash.mws.v1.GetRequest
+	29, // 35: imash.mws.v1.Device.Stream:input_type -> imash.mws.v1.StreamRequest
+	39, // 36: imash.mws.v1.Device.Events:input_type -> imash.mws.v1.EventsRequest
+	48, // 37: imash.mws.v1.Device.ListDevices:input_type -> imash.mws.v1.ListDevicesRequest
+	49, // 38: imash.mws.v1.Device.Handoff:input_type -> imash.mws.v1.HandoffClientMsg
+	50, // 39: imash.mws.v1.Device.AnswerOffer:input_type -> imash.mws.v1.AnswerOfferRequest
+	51, // 40: imash.mws.v1.Device.Resume:input_type -> imash.mws.v1.ResumeRequest
+	52, // 41: imash.mws.v1.Device.Reclaim:input_type -> imash.mws.v1.ReclaimRequest
+	5,  // 42: imash.mws.v1.Device.MoveIn:input_type -> imash.mws.v1.MoveInRequest
+	7,  // 43: imash.mws.v1.Device.Ping:input_type -> imash.mws.v1.PingRequest
+	9,  // 44: imash.mws.v1.Device.ProbeReply:input_type -> imash.mws.v1.ProbeReplyRequest
+	12, // 45: imash.mws.v1.Device.ReportPaths:input_type -> imash.mws.v1.ReportPathsRequest
+	2,  // 46: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
+	15, // 47: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
+	17, // 48: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
+	19, // 49: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
+	22, // 50: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
+	25, // 51: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
+	28, // 52: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
+	35, // 53: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
+	40, // 54: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
+	53, // 55: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
+	54, // 56: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
+	55, // 57: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
+	56, // 58: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
+	57, // 59: imash.mws.v1.Device.Reclaim:output_type -> imash.mws.v1.ReclaimResponse
+	6,  // 60: imash.mws.v1.Device.MoveIn:output_type -> imash.mws.v1.MoveInResponse
+	8,  // 61: imash.mws.v1.Device.Ping:output_type -> imash.mws.v1.PingResponse
+	10, // 62: imash.mws.v1.Device.ProbeReply:output_type -> imash.mws.v1.ProbeReplyResponse
+	13, // 63: imash.mws.v1.Device.ReportPaths:output_type -> imash.mws.v1.ReportPathsResponse
+	46, // [46:64] is the sub-list for method output_type
+	28, // [28:46] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_imash_mws_v1_device_proto_init() }
