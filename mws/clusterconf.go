@@ -167,6 +167,9 @@ type PeerInfo struct {
 	MaxSessions int
 	Draining    bool
 	Alive       bool
+	// CPU is the share of the peer's machine its process uses (0-1),
+	// when membership carries it.
+	CPU float64
 }
 
 // load is the fraction of its session limit the peer holds.

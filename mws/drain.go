@@ -230,7 +230,7 @@ func (o *operatorService) Members(context.Context, *mwsv1.MembersRequest) (*mwsv
 				state = "gone"
 			}
 			out.Members = append(out.Members, &mwsv1.Member{Name: p.Name, GrpcAddr: p.Addr, State: state,
-				Sessions: int32(p.Sessions), MaxSessions: int32(p.MaxSessions), Draining: p.Draining})
+				Sessions: int32(p.Sessions), MaxSessions: int32(p.MaxSessions), Draining: p.Draining, Cpu: p.CPU})
 		}
 	}
 	return out, nil

@@ -103,6 +103,7 @@ func (g *Gossip) Peers() []PeerInfo {
 			Sessions:    m.Load.Sessions,
 			MaxSessions: m.Load.MaxSessions,
 			Draining:    m.Load.Draining,
+			CPU:         m.Load.CPU,
 			Alive:       m.State == cluster.StateAlive && m.GRPCAddr != "",
 		})
 	}
