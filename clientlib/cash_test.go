@@ -243,29 +243,7 @@ func TestCASHRawStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c2.Write(up[300000:]); err != nil {
-		t.Fatal(err)
-	}
-	if err := c2.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(h, c2); err != nil {
-		t.Fatal(err)
-	}
-	lc, err := e.stream.WaitConn(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-lc.Done()
-	if [32]byte(h.Sum(nil)) != lc.SentSum() {
-		t.Fatal("down bytes differ across the handoff")
-	}
-	if lc.ReceivedSum() != sha256.Sum256(up) {
-		t.Fatalf("up bytes differ: legacy received %d", lc.Received())
-	}
-	if e.stream.Accepted() != 1 {
-		t.Fatalf("legacy server accepted %d connections", e.stream.Accepted())
-	}
+	finishLegacyStream(t, ctx, c2, e.stream, up, 300000, h)
 }
 
 // TestCASHRefusalsRollBack: a refusal, a policy denial, an unknown device

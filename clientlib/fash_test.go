@@ -138,27 +138,35 @@ func (e *fashEnv) resumeStream(t *testing.T, ctx context.Context, r *clientlib.R
 // directions end to end, over one legacy connection.
 func (e *fashEnv) finishStream(t *testing.T, ctx context.Context, c *clientlib.Conn) {
 	t.Helper()
-	if _, err := c.Write(e.up[e.upSent:]); err != nil {
+	finishLegacyStream(t, ctx, c, e.stream, e.up, e.upSent, e.down)
+}
+
+// finishLegacyStream sends up[sent:] on c, half-closes, reads the rest into
+// down (which holds what was read before), and checks both directions
+// against the stream server's own sums, over its one connection.
+func finishLegacyStream(t *testing.T, ctx context.Context, c *clientlib.Conn, srv *legacy.StreamServer, up []byte, sent int, down hash.Hash) {
+	t.Helper()
+	if _, err := c.Write(up[sent:]); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.Copy(e.down, c); err != nil {
+	if _, err := io.Copy(down, c); err != nil {
 		t.Fatal(err)
 	}
-	lc, err := e.stream.WaitConn(ctx, 0)
+	lc, err := srv.WaitConn(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	<-lc.Done()
-	if [32]byte(e.down.Sum(nil)) != lc.SentSum() {
-		t.Fatal("down bytes differ across the handoff")
+	if [32]byte(down.Sum(nil)) != lc.SentSum() {
+		t.Fatal("down bytes differ")
 	}
-	if lc.ReceivedSum() != sha256.Sum256(e.up) {
-		t.Fatalf("up bytes differ: the legacy server received %d of %d", lc.Received(), len(e.up))
+	if lc.ReceivedSum() != sha256.Sum256(up) {
+		t.Fatalf("up bytes differ: the legacy server received %d of %d", lc.Received(), len(up))
 	}
-	if n := e.stream.Accepted(); n != 1 {
+	if n := srv.Accepted(); n != 1 {
 		t.Fatalf("the legacy server accepted %d connections", n)
 	}
 }

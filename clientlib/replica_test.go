@@ -164,29 +164,7 @@ func testMWSFailure(t *testing.T, graceful bool) {
 	default:
 		t.Fatalf("got %v", o.err)
 	}
-	if _, err := c2.Write(up[upFirst:]); err != nil {
-		t.Fatal(err)
-	}
-	if err := c2.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(down, c2); err != nil {
-		t.Fatal(err)
-	}
-	lc, err := e.stream.WaitConn(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-lc.Done()
-	if [32]byte(down.Sum(nil)) != lc.SentSum() {
-		t.Fatal("down bytes differ across the failure")
-	}
-	if lc.ReceivedSum() != sha256.Sum256(up) {
-		t.Fatalf("up bytes differ: the legacy server received %d of %d", lc.Received(), len(up))
-	}
-	if n := e.stream.Accepted(); n != 1 {
-		t.Fatalf("the legacy server accepted %d connections", n)
-	}
+	finishLegacyStream(t, ctx, c2, e.stream, up, upFirst, down)
 	if _, err := session.Get(ctx, "images", "/images/"+img.Name); err != nil {
 		t.Fatalf("Get on the taken-up session: %v", err)
 	}

@@ -344,6 +344,20 @@ func (p *peerService) ShipObjects(st mwsv1.Peer_ShipObjectsServer) error {
 	return st.SendAndClose(&mwsv1.ShipObjectsResponse{Objects: int32(n)})
 }
 
+// sessionFromRecord makes the session a peer described (checked by
+// checkRecord), with its key hash as it is now and no streams yet.
+func sessionFromRecord(rec *mwsv1.SessionRecord, keyHash []byte) *session {
+	ss := &session{id: rec.GetSessionId(), user: rec.GetUser(), app: rec.GetApp(), labels: rec.GetLabels(),
+		created: time.Unix(0, rec.GetCreatedUnixNano()), device: rec.GetDevice(),
+		streams: map[string]*relayState{}, objects: map[string]struct{}{}, savepoint: map[string]*storedElement{}}
+	copy(ss.keyHash[:], keyHash)
+	ss.lastUsed.Store(time.Now().UnixNano())
+	for _, d := range rec.GetObjects() {
+		ss.objects[d] = struct{}{}
+	}
+	return ss
+}
+
 // CompleteMove receives a prepared session's state and installs it.
 func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	s := p.s
@@ -384,14 +398,7 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 		return err
 	}
 	rec := in.rec
-	ss := &session{id: rec.GetSessionId(), user: rec.GetUser(), app: rec.GetApp(), labels: rec.GetLabels(),
-		created: time.Unix(0, rec.GetCreatedUnixNano()), device: rec.GetDevice(),
-		streams: map[string]*relayState{}, objects: map[string]struct{}{}, savepoint: map[string]*storedElement{}}
-	copy(ss.keyHash[:], hdr.GetKeyHash())
-	ss.lastUsed.Store(time.Now().UnixNano())
-	for _, d := range rec.GetObjects() {
-		ss.objects[d] = struct{}{}
-	}
+	ss := sessionFromRecord(rec, hdr.GetKeyHash())
 	for _, m := range hdr.GetStreams() {
 		if m.GetStreamId() == "" || !nameRE.MatchString(m.GetBackend()) {
 			return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "stream %q of backend %q", m.GetStreamId(), m.GetBackend())

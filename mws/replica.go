@@ -497,14 +497,7 @@ func (s *Server) takeUp(ctx context.Context, id, device, key string) (*session, 
 		s.replicas.putBack(id, r)
 		return nil, err
 	}
-	ss := &session{id: rec.GetSessionId(), user: rec.GetUser(), app: rec.GetApp(), labels: rec.GetLabels(),
-		created: time.Unix(0, rec.GetCreatedUnixNano()), device: rec.GetDevice(),
-		streams: map[string]*relayState{}, objects: map[string]struct{}{}, savepoint: map[string]*storedElement{}}
-	copy(ss.keyHash[:], rec.GetKeyHash())
-	ss.lastUsed.Store(time.Now().UnixNano())
-	for _, d := range rec.GetObjects() {
-		ss.objects[d] = struct{}{}
-	}
+	ss := sessionFromRecord(rec, rec.GetKeyHash())
 	mergeSavepointLocked(ss, r.header.GetSavepoint())
 	// The streams the gone owner held are taken over; one that moved on
 	// or ended meanwhile is left alone.
