@@ -398,26 +398,7 @@ func TestMASHTargetDiesMidMove(t *testing.T) {
 		t.Fatalf("the target holds %d sessions, want its own 1", n)
 	}
 	close(resume)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		t.Fatal(err)
-	default:
-	}
-	lc, err := e.stream.WaitConn(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-lc.Done()
-	if [32]byte(h.Sum(nil)) != lc.SentSum() {
-		t.Fatal("down bytes differ after the failed move")
-	}
-	if lc.ReceivedSum() != sha256.Sum256(upData) {
-		t.Fatalf("up bytes differ: legacy received %d of %d", lc.Received(), len(upData))
-	}
-	if n := e.stream.Accepted(); n != 1 {
-		t.Fatalf("legacy server accepted %d connections", n)
-	}
+	endStreamLoad(t, ctx, &wg, errs, e.stream, h, upData)
 	getAll(t, ctx, e, sess)
 	if sess.MWS() != "mws-1" {
 		t.Fatalf("session on %s after the failed move", sess.MWS())
@@ -584,23 +565,7 @@ func TestMASHReplayedAndForeignTokens(t *testing.T) {
 	var done atomic.Bool
 	h := sha256.New()
 	startStreamLoad(&wg, conn, upData, h, errs, &done)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		t.Fatal(err)
-	default:
-	}
-	lc, err := e.stream.WaitConn(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-lc.Done()
-	if [32]byte(h.Sum(nil)) != lc.SentSum() || lc.ReceivedSum() != sha256.Sum256(upData) {
-		t.Fatal("stream bytes differ")
-	}
-	if n := e.stream.Accepted(); n != 1 {
-		t.Fatalf("legacy server accepted %d connections", n)
-	}
+	endStreamLoad(t, ctx, &wg, errs, e.stream, h, upData)
 }
 
 // TestMASHTargetLostAfterInstall: the target installs the shipped session,

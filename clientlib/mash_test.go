@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -329,6 +330,30 @@ func testLog() *slog.Logger {
 	return nil
 }
 
+// endStreamLoad waits for startStreamLoad's goroutines and checks both
+// directions against the stream server's own sums, over its one
+// connection.
+func endStreamLoad(t testing.TB, ctx context.Context, wg *sync.WaitGroup, errs <-chan error, srv *legacy.StreamServer, down hash.Hash, up []byte) {
+	t.Helper()
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	lc, err := srv.WaitConn(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-lc.Done()
+	if [32]byte(down.Sum(nil)) != lc.SentSum() || lc.ReceivedSum() != sha256.Sum256(up) {
+		t.Fatal("stream bytes differ")
+	}
+	if n := srv.Accepted(); n != 1 {
+		t.Fatalf("legacy server accepted %d connections", n)
+	}
+}
+
 // startStreamLoad writes upData in random chunk sizes and then half-closes,
 // and reads everything into h, on conn.
 func startStreamLoad(wg *sync.WaitGroup, conn *clientlib.Conn, upData []byte, h io.Writer, errs chan<- error, done *atomic.Bool) {
@@ -415,23 +440,7 @@ func TestDrainMovesEverySession(t *testing.T) {
 			t.Fatalf("session %d: wrong object or still on %s", i, s.MWS())
 		}
 	}
-	wg.Wait()
-	select {
-	case err := <-errs:
-		t.Fatal(err)
-	default:
-	}
-	lc, err := e.stream.WaitConn(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-lc.Done()
-	if [32]byte(h.Sum(nil)) != lc.SentSum() || lc.ReceivedSum() != sha256.Sum256(upData) {
-		t.Fatal("stream bytes differ across the drain")
-	}
-	if n := e.stream.Accepted(); n != 1 {
-		t.Fatalf("legacy server accepted %d connections", n)
-	}
+	endStreamLoad(t, ctx, &wg, errs, e.stream, h, upData)
 	t.Logf("drained %d sessions in %v", sessions, took)
 }
 
