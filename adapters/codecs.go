@@ -5,10 +5,11 @@ import (
 	"image"
 	"image/draw"
 	"image/gif"
-	"image/jpeg"
 	"image/png"
 	"io"
+	"reflect"
 
+	"github.com/imashproject/imash/adapters/internal/jpegenc"
 	"github.com/imashproject/imash/adapters/internal/jpegscale"
 )
 
@@ -36,42 +37,79 @@ type Codec struct {
 
 // DefaultCodecs returns the built-in JPEG, PNG and GIF codecs. JPEG
 // decodes with a fork of image/jpeg that can also decode at 1/2, 1/4 and
-// 1/8 scale; encoding uses image/jpeg.
+// 1/8 scale, and encodes with a fork of image/jpeg's encoder that writes
+// the same bytes faster.
 func DefaultCodecs() []Codec {
 	return []Codec{
 		{
 			MediaType: MediaJPEG, SupportsQuality: true,
 			Decode:       jpegscale.Decode,
 			DecodeScaled: jpegscale.DecodeScaled,
-			Encode: func(w io.Writer, img image.Image, q int) error {
-				return jpeg.Encode(w, fastJPEGInput(img), &jpeg.Options{Quality: q})
-			},
+			Encode:       encodeJPEG,
 		},
 		{
 			MediaType: MediaPNG, SupportsAlpha: true,
 			Decode: png.Decode,
 			Encode: func(w io.Writer, img image.Image, _ int) error {
 				enc := png.Encoder{CompressionLevel: png.DefaultCompression}
-				return enc.Encode(w, img)
+				return enc.Encode(w, ycbcrToRGBA(img))
 			},
 		},
 		{
 			MediaType: MediaGIF, SupportsAlpha: true,
 			Decode: gif.Decode,
 			Encode: func(w io.Writer, img image.Image, _ int) error {
-				return gif.Encode(w, img, &gif.Options{NumColors: 256})
+				return gif.Encode(w, ycbcrToRGBA(img), &gif.Options{NumColors: 256})
 			},
 		},
 	}
 }
 
-// fastJPEGInput gives image/jpeg a type it encodes without a per-pixel
-// interface call: an opaque NRGBA has the same bytes as an RGBA.
+// encodeJPEG is the default JPEG codec's Encode: the bytes image/jpeg's
+// Encode writes at quality q.
+func encodeJPEG(w io.Writer, img image.Image, q int) error {
+	return jpegenc.Encode(w, fastJPEGInput(img), q)
+}
+
+// isDefaultJPEG reports whether k encodes with encodeJPEG (4:2:0 JPEG),
+// not with a wrapped or replaced Encode.
+func isDefaultJPEG(k *Codec) bool {
+	return k != nil && k.Encode != nil && reflect.ValueOf(k.Encode).Pointer() == reflect.ValueOf(encodeJPEG).Pointer()
+}
+
+// jpegPreparer returns, for a codec whose Encode is encodeJPEG, a function
+// preparing img (see jpegenc.Prepare) whose encodings at any quality are
+// Encode's: the byte-budget search encodes one image at several
+// qualities. It returns nil for any other codec.
+func jpegPreparer(k *Codec) func(img image.Image) (*jpegenc.Coefficients, error) {
+	if !isDefaultJPEG(k) {
+		return nil
+	}
+	return func(img image.Image) (*jpegenc.Coefficients, error) {
+		return jpegenc.Prepare(fastJPEGInput(img))
+	}
+}
+
+// fastJPEGInput gives the JPEG encoder a type it encodes without a
+// per-pixel interface call: an opaque NRGBA has the same bytes as an RGBA.
 func fastJPEGInput(img image.Image) image.Image {
 	if n, ok := img.(*image.NRGBA); ok && n.Opaque() {
 		return &image.RGBA{Pix: n.Pix, Stride: n.Stride, Rect: n.Rect}
 	}
 	return img
+}
+
+// ycbcrToRGBA converts a planar YCbCr image (which the PNG and GIF
+// encoders read pixel by pixel through its At method) to RGBA; other
+// images are returned as they are.
+func ycbcrToRGBA(img image.Image) image.Image {
+	m, ok := img.(*image.YCbCr)
+	if !ok {
+		return img
+	}
+	dst := image.NewRGBA(m.Rect)
+	draw.Draw(dst, m.Rect, m, m.Rect.Min, draw.Src)
+	return dst
 }
 
 // flatten composites img onto white when it has transparency.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"image"
 	"image/png"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -308,4 +309,57 @@ func TestPDAPNGQuantized(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestFitQualitySearch checks the budget search on synthetic size curves
+// that grow with the quality (smoothly, in steps, with flat stretches):
+// it must return the highest quality that fits, as trying every quality
+// would, in a bounded number of encodes.
+func TestFitQualitySearch(t *testing.T) {
+	cfg := NewDefaultConfig()
+	k := &Codec{MediaType: MediaJPEG, SupportsQuality: true}
+	curves := map[string]func(q int) int{
+		"photo":  func(q int) int { s, _ := sizeFromModel(q, 4000, -0.7); return s },
+		"steep":  func(q int) int { s, _ := sizeFromModel(q, 30000, -1.3); return s },
+		"flat":   func(q int) int { return 1500 + 10*q },
+		"steps":  func(q int) int { return 1000 + 500*(q/10) },
+		"jump":   func(q int) int { return map[bool]int{true: 900, false: 20000}[q < 60] + q },
+		"convex": func(q int) int { return 700 + q*q*q/40 },
+	}
+	for name, size := range curves {
+		for budget := int64(size(1)) - 50; budget <= int64(size(100))+50; budget += max(1, int64(size(100)-size(1))/97) {
+			tries := 0
+			try := func(q int) ([]byte, error) {
+				tries++
+				return make([]byte, size(q)), nil
+			}
+			data, q, err := fitQuality(k, cfg, cfg.DefaultQuality, budget, try)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			for c := cfg.MinQuality; c <= cfg.DefaultQuality; c++ {
+				if int64(size(c)) <= budget {
+					want = c
+				}
+			}
+			if int64(size(cfg.DefaultQuality)) <= budget {
+				want = cfg.DefaultQuality
+			}
+			if q != want && !(want == 0 && data == nil) || want != 0 && len(data) != size(want) {
+				t.Errorf("%s, budget %d: quality %d (%d bytes), want %d", name, budget, q, len(data), want)
+			}
+			if tries > 1+maxGuesses+7 {
+				t.Errorf("%s, budget %d: %d encodes", name, budget, tries)
+			}
+		}
+	}
+}
+
+// sizeFromModel is a size curve that is a straight line in sizeModel's
+// coordinates through (85, size85) with the given slope.
+func sizeFromModel(q, size85 int, slope float64) (int, float64) {
+	x85, y85 := sizeModel(85, size85)
+	x, _ := sizeModel(q, size85)
+	return jpegHeaderBytes + int(math.Exp(y85+slope*(x-x85))), x
 }

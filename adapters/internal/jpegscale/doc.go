@@ -11,9 +11,13 @@
 // accepts: baseline and progressive, grayscale, YCbCr with 4:4:4, 4:4:0,
 // 4:2:2, 4:2:0, 4:1:1 and 4:1:0 subsampling, RGB, CMYK and YCbCrK. At
 // full size its output is identical to image/jpeg's. The changes are the
-// scaled reconstruction (scale.go), a pixel limit checked before any
-// allocation, and, at 1/8 scale, skipping progressive AC scans, whose
-// coefficients do not contribute.
+// scaled reconstruction (scale.go), a faster entropy decoder for
+// sequential scans (block.go: a 64-bit bit reader and wider look-up
+// tables, decoding exactly what image/jpeg decodes), shortcuts in the
+// inverse DCT for rows, columns and blocks with only a DC term (same
+// results), a pixel limit checked before any allocation, and, at 1/8
+// scale, skipping progressive AC scans, whose coefficients do not
+// contribute.
 //
 // The decoder handles untrusted input: malformed bytes give an error,
 // never a panic, and Options.MaxPixels bounds the memory a small file can

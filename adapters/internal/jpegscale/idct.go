@@ -153,11 +153,24 @@ func idct(b *block) {
 	idctCols(b)
 }
 
+// idctDC is every output of idct for a block whose only non-zero
+// coefficient is b[0] = dc: the row and column shortcuts below, combined.
+func idctDC(dc int32) int32 {
+	return (dc<<17 + 1<<19) >> 2 >> 18
+}
+
 // idctRows applies the 1D IDCT to the rows of b.
 // Inputs are UQ8.0; outputs are Q9.20.
 func idctRows(b *block) {
 	for i := range 8 {
 		x := b[8*i : 8*i+8 : 8*i+8]
+		if x[1]|x[2]|x[3]|x[4]|x[5]|x[6]|x[7] == 0 {
+			// With only x[0] non-zero, every stage below passes x0 through
+			// unchanged to all eight outputs.
+			v := x[0] << 17
+			x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7] = v, v, v, v, v, v, v, v
+			continue
+		}
 		x0 := x[0]
 		x7 := x[1]
 		x2 := x[2]
@@ -244,6 +257,14 @@ func idctRows(b *block) {
 // Outputs are Q10.3. That is, the result is the IDCT*8.
 func idctCols(b *block) {
 	for i := range 8 {
+		if b[1*8+i]|b[2*8+i]|b[3*8+i]|b[4*8+i]|b[5*8+i]|b[6*8+i]|b[7*8+i] == 0 {
+			// With only x0 non-zero, every output is the rounded x0, as
+			// below.
+			v := (b[i] + 1<<19) >> 2 >> 18
+			b[0*8+i], b[1*8+i], b[2*8+i], b[3*8+i] = v, v, v, v
+			b[4*8+i], b[5*8+i], b[6*8+i], b[7*8+i] = v, v, v, v
+			continue
+		}
 		x0 := b[0*8+i]
 		x7 := b[1*8+i]
 		x2 := b[2*8+i]

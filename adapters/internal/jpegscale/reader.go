@@ -82,11 +82,10 @@ var unzig = [blockSize]int{
 }
 
 // bits holds the unprocessed bits that have been taken from the byte-stream.
-// The n least significant bits of a form the unread bits, to be read in MSB to
-// LSB order.
+// The n most significant bits of a are the unread bits, to be read in MSB to
+// LSB order; the other bits of a are zero.
 type bits struct {
-	a uint32 // accumulator.
-	m uint32 // mask. m==1<<(n-1) when n>0, with m==0 when n==0.
+	a uint64 // accumulator.
 	n int32  // the number of unread bits in a.
 }
 
@@ -180,9 +179,8 @@ func (d *decoder) unreadByteStuffedByte() {
 	d.bytes.i -= d.bytes.nUnreadable
 	d.bytes.nUnreadable = 0
 	if d.bits.n >= 8 {
-		d.bits.a >>= 8
 		d.bits.n -= 8
-		d.bits.m >>= 8
+		d.bits.a &^= ^uint64(0) >> d.bits.n
 	}
 }
 

@@ -163,10 +163,17 @@ const boxFracBits = 13
 // output x covers. Applied to rows and columns, it gives exactly the box
 // average of the full-size IDCT (before rounding and clipping), without
 // computing the full-size block.
+//
+// Each basis function is symmetric (even u) or antisymmetric (odd u) about
+// the block's centre, and so is its box average: the weights are computed
+// for the first half of the outputs and mirrored, so that
+// boxIDCT[shift][n-1-x][u] == ±boxIDCT[shift][x][u] holds exactly, which
+// idct1D relies on.
 var boxIDCT = func() (m [4][8][8]int64) {
 	for shift := range 4 {
 		k := 1 << shift
-		for x := range 8 >> shift {
+		n := 8 >> shift
+		for x := range (n + 1) / 2 {
 			for u := range 8 {
 				cu := 1.0
 				if u == 0 {
@@ -176,60 +183,174 @@ var boxIDCT = func() (m [4][8][8]int64) {
 				for j := range k {
 					sum += cu / 2 * math.Cos(float64(2*(k*x+j)+1)*float64(u)*math.Pi/16)
 				}
-				m[shift][x][u] = int64(math.Round(sum / float64(k) * (1 << boxFracBits)))
+				w := int64(math.Round(sum / float64(k) * (1 << boxFracBits)))
+				m[shift][x][u] = w
+				if u%2 == 1 {
+					w = -w
+				}
+				m[shift][n-1-x][u] = w
 			}
 		}
 	}
 	return m
 }()
 
-// reconstructScaled dequantizes b (in natural order) with qt (in zig-zag
+// idct1D applies boxIDCT[shift] to the 8 coefficients in and writes the
+// 8>>shift outputs to out. It uses the symmetry of the weights: output x
+// and output n-1-x share the even and the odd coefficients' sums, with
+// opposite signs for the odd ones. Weights that are zero for every output
+// (coefficient 4 at n = 4; 2, 4 and 6 at n = 2; all but 0 at n = 1) are
+// skipped.
+func idct1D(in *[8]int64, out []int64, shift uint) {
+	m := &boxIDCT[shift&3]
+	switch shift {
+	case 0:
+		for x := range 4 {
+			w := &m[x]
+			e := w[0]*in[0] + w[2]*in[2] + w[4]*in[4] + w[6]*in[6]
+			o := w[1]*in[1] + w[3]*in[3] + w[5]*in[5] + w[7]*in[7]
+			out[x], out[7-x] = e+o, e-o
+		}
+	case 1:
+		dc := m[0][0] * in[0]
+		for x := range 2 {
+			w := &m[x]
+			e := dc + w[2]*in[2] + w[6]*in[6]
+			o := w[1]*in[1] + w[3]*in[3] + w[5]*in[5] + w[7]*in[7]
+			out[x], out[3-x] = e+o, e-o
+		}
+	case 2:
+		w := &m[0]
+		e := w[0] * in[0]
+		o := w[1]*in[1] + w[3]*in[3] + w[5]*in[5] + w[7]*in[7]
+		out[0], out[1] = e+o, e-o
+	default:
+		out[0] = m[0][0] * in[0]
+	}
+}
+
+// The weights of boxIDCT[1] (wNu: coefficient u's weight in output N) and
+// boxIDCT[2] (qNu) as constants, for the square reductions' unrolled code
+// (TestBoxIDCTConstants checks them against the table). Coefficient 0's
+// weight is the same for every output and shift; the other outputs' weights
+// follow by symmetry (see boxIDCT).
+const (
+	w00                = 2896
+	w01, w03, w05, w07 = 3711, 1303, -871, -738
+	w11, w13, w15, w17 = 1537, -3146, 2102, -306
+	w02, w06           = 2676, -1108
+	q01, q03, q05, q07 = 2624, -922, 616, -522
+)
+
+// Rounding of the two passes of reconstructScaled: the rows keep 8
+// fractional bits, the columns none.
+const (
+	rowRound, rowShift = 1 << (boxFracBits - 9), boxFracBits - 8
+	colRound, colShift = 1 << (boxFracBits + 7), boxFracBits + 8
+)
+
+// reconstructScaled takes the dequantized coefficients b (in natural
 // order) and writes the (8>>sx) x (8>>sy) reduced block, level-shifted and
 // clipped, to dst. sx and sy are 0 to 3, not both 0.
-func reconstructScaled(b *block, qt *block, sx, sy uint, dst []byte, stride int) {
-	if sx == 3 && sy == 3 {
-		// The DC coefficient is 8 times the block mean.
-		dst[0] = clampLevel64((int64(b[0])*int64(qt[0]) + 4) >> 3)
+func reconstructScaled(b *block, sx, sy uint, dst []byte, stride int) {
+	switch {
+	case sx == 1 && sy == 1:
+		reconstructHalf(b, dst, stride)
+		return
+	case sx == 2 && sy == 2:
+		reconstructQuarter(b, dst, stride)
 		return
 	}
 	nx, ny := 8>>sx, 8>>sy
-	mx, my := &boxIDCT[sx], &boxIDCT[sy]
-	var f [blockSize]int64
-	for zig := range blockSize {
-		f[unzig[zig]] = int64(b[unzig[zig]]) * int64(qt[zig])
-	}
 	// Rows first (horizontal frequencies u), keeping 8 fractional bits;
 	// all-zero rows, the common case for high vertical frequencies, are
-	// skipped in both passes.
+	// skipped. t is transposed: t[x] holds column x's 8 values.
 	var (
-		t    [8][8]int64
-		rows [8]int
-		nr   int
+		t   [8][8]int64
+		in  [8]int64
+		out [8]int64
 	)
 	for v := range 8 {
-		row := f[8*v : 8*v+8 : 8*v+8]
+		row := b[8*v : 8*v+8 : 8*v+8]
 		if row[0]|row[1]|row[2]|row[3]|row[4]|row[5]|row[6]|row[7] == 0 {
 			continue
 		}
-		for x := range nx {
-			w := &mx[x]
-			acc := w[0]*row[0] + w[1]*row[1] + w[2]*row[2] + w[3]*row[3] +
-				w[4]*row[4] + w[5]*row[5] + w[6]*row[6] + w[7]*row[7]
-			t[v][x] = (acc + 1<<(boxFracBits-9)) >> (boxFracBits - 8)
+		for u := range 8 {
+			in[u] = int64(row[u])
 		}
-		rows[nr] = v
-		nr++
+		idct1D(&in, out[:nx], sx)
+		for x := range nx {
+			t[x][v] = (out[x] + rowRound) >> rowShift
+		}
 	}
-	for y := range ny {
-		w := &my[y]
-		d := dst[y*stride : y*stride+nx]
-		for x := range nx {
-			var acc int64
-			for _, v := range rows[:nr] {
-				acc += w[v] * t[v][x]
-			}
-			d[x] = clampLevel64((acc + 1<<(boxFracBits+7)) >> (boxFracBits + 8))
+	for x := range nx {
+		idct1D(&t[x], out[:ny], sy)
+		for y := range ny {
+			dst[y*stride+x] = clampLevel64((out[y] + colRound) >> colShift)
 		}
+	}
+}
+
+// reconstructHalf is reconstructScaled for sx == sy == 1 (4x4 outputs),
+// unrolled: the same sums as idct1D's, with constant weights.
+func reconstructHalf(b *block, dst []byte, stride int) {
+	var t [4][8]int64 // t[x][v]: row v's output x.
+	for v := range 8 {
+		r := b[8*v : 8*v+8 : 8*v+8]
+		if r[0]|r[1]|r[2]|r[3]|r[4]|r[5]|r[6]|r[7] == 0 {
+			continue
+		}
+		dc := w00 * int64(r[0])
+		q := w02*int64(r[2]) + w06*int64(r[6])
+		r1, r3, r5, r7 := int64(r[1]), int64(r[3]), int64(r[5]), int64(r[7])
+		o0 := w01*r1 + w03*r3 + w05*r5 + w07*r7
+		o1 := w11*r1 + w13*r3 + w15*r5 + w17*r7
+		e0, e1 := dc+q, dc-q
+		t[0][v] = (e0 + o0 + rowRound) >> rowShift
+		t[3][v] = (e0 - o0 + rowRound) >> rowShift
+		t[1][v] = (e1 + o1 + rowRound) >> rowShift
+		t[2][v] = (e1 - o1 + rowRound) >> rowShift
+	}
+	d0 := dst[0:4:4]
+	d1 := dst[stride : stride+4 : stride+4]
+	d2 := dst[2*stride : 2*stride+4 : 2*stride+4]
+	d3 := dst[3*stride : 3*stride+4 : 3*stride+4]
+	for x := range 4 {
+		c := &t[x]
+		dc := w00*c[0] + colRound
+		q := w02*c[2] + w06*c[6]
+		o0 := w01*c[1] + w03*c[3] + w05*c[5] + w07*c[7]
+		o1 := w11*c[1] + w13*c[3] + w15*c[5] + w17*c[7]
+		e0, e1 := dc+q, dc-q
+		d0[x] = clampLevel64((e0 + o0) >> colShift)
+		d3[x] = clampLevel64((e0 - o0) >> colShift)
+		d1[x] = clampLevel64((e1 + o1) >> colShift)
+		d2[x] = clampLevel64((e1 - o1) >> colShift)
+	}
+}
+
+// reconstructQuarter is reconstructScaled for sx == sy == 2 (2x2 outputs),
+// unrolled like reconstructHalf.
+func reconstructQuarter(b *block, dst []byte, stride int) {
+	var t [2][8]int64 // t[x][v]: row v's output x.
+	for v := range 8 {
+		r := b[8*v : 8*v+8 : 8*v+8]
+		if r[0]|r[1]|r[3]|r[5]|r[7] == 0 {
+			continue
+		}
+		e := w00 * int64(r[0])
+		o := q01*int64(r[1]) + q03*int64(r[3]) + q05*int64(r[5]) + q07*int64(r[7])
+		t[0][v] = (e + o + rowRound) >> rowShift
+		t[1][v] = (e - o + rowRound) >> rowShift
+	}
+	d0 := dst[0:2:2]
+	d1 := dst[stride : stride+2 : stride+2]
+	for x := range 2 {
+		c := &t[x]
+		e := w00*c[0] + colRound
+		o := q01*c[1] + q03*c[3] + q05*c[5] + q07*c[7]
+		d0[x] = clampLevel64((e + o) >> colShift)
+		d1[x] = clampLevel64((e - o) >> colShift)
 	}
 }
 

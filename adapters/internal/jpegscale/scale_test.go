@@ -207,3 +207,88 @@ func TestDecodeScaledAccuracy(t *testing.T) {
 		}
 	}
 }
+
+func TestBoxIDCTConstants(t *testing.T) {
+	half := [2][8]int64{{w00, w01, w02, w03, 0, w05, w06, w07}, {w00, w11, -w02, w13, 0, w15, -w06, w17}}
+	for x, want := range half {
+		if boxIDCT[1][x] != want {
+			t.Errorf("boxIDCT[1][%d] = %v, constants %v", x, boxIDCT[1][x], want)
+		}
+	}
+	if want := [8]int64{w00, q01, 0, q03, 0, q05, 0, q07}; boxIDCT[2][0] != want {
+		t.Errorf("boxIDCT[2][0] = %v, constants %v", boxIDCT[2][0], want)
+	}
+	for shift := range 4 {
+		n := 8 >> shift
+		for x := range n {
+			for u := range 8 {
+				w, mirror := boxIDCT[shift][x][u], boxIDCT[shift][n-1-x][u]
+				if u%2 == 1 {
+					mirror = -mirror
+				}
+				if w != mirror || n == 4 && u == 4 && w != 0 || n == 2 && u%2 == 0 && u > 0 && w != 0 || n == 1 && u > 0 && w != 0 {
+					t.Fatalf("boxIDCT[%d][%d][%d] = %d: symmetry or zeroes idct1D relies on do not hold", shift, x, u, w)
+				}
+			}
+		}
+	}
+}
+
+// TestReconstructScaledUnrolled checks the unrolled 1/2 and 1/4 cases
+// against the general code and the reference sums of boxIDCT.
+func TestReconstructScaledUnrolled(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for iter := range 2000 {
+		var b block
+		for k := range b {
+			if rng.IntN(3) == 0 {
+				b[k] = int32(rng.IntN(2048) - 1024)
+			}
+		}
+		if iter%4 == 0 {
+			for k := 8; k < blockSize; k++ {
+				b[k] = 0
+			}
+		}
+		for _, s := range []uint{1, 2} {
+			n := 8 >> s
+			var got, ref [8 * 8]byte
+			reconstructScaled(&b, s, s, got[:], 8)
+			// Reference: the direct sums of the table.
+			var rows [8][8]int64
+			for v := range 8 {
+				for x := range n {
+					var acc int64
+					for u := range 8 {
+						acc += boxIDCT[s][x][u] * int64(b[8*v+u])
+					}
+					rows[v][x] = (acc + rowRound) >> rowShift
+				}
+			}
+			for y := range n {
+				for x := range n {
+					var acc int64
+					for v := range 8 {
+						acc += boxIDCT[s][y][v] * rows[v][x]
+					}
+					ref[y*8+x] = clampLevel64((acc + colRound) >> colShift)
+				}
+			}
+			if got != ref {
+				t.Fatalf("shift %d, block %v: got %v, want %v", s, b, got, ref)
+			}
+		}
+	}
+}
+
+func TestIDCTDC(t *testing.T) {
+	for dc := int32(-1 << 16); dc <= 1<<16; dc += 7 {
+		b := block{0: dc}
+		idct(&b)
+		for k, v := range b {
+			if v != idctDC(dc) {
+				t.Fatalf("dc %d: idct[%d] = %d, idctDC %d", dc, k, v, idctDC(dc))
+			}
+		}
+	}
+}

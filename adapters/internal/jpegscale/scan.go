@@ -230,12 +230,21 @@ func (d *decoder) processSOS(n int) error {
 						}
 					}
 
-					// Load the previous partially decoded coefficients, if applicable.
-					if d.progressive {
-						b = d.progCoeffs[compIndex][by*mxx*hi+bx]
-					} else {
-						b = block{}
+					if !d.progressive {
+						// b is zero: reconstructCoeffs leaves it so.
+						last, err := d.decodeBlock(&b, &d.huff[dcTable][scan[i].td], &d.huff[acTable][scan[i].ta],
+							&d.quant[d.comp[compIndex].tq], &dc[compIndex], d.compShift[compIndex] != [2]uint{3, 3})
+						if err != nil {
+							return err
+						}
+						if err := d.reconstructCoeffs(&b, last, bx, by, int(compIndex)); err != nil {
+							return err
+						}
+						continue
 					}
+
+					// Load the previous partially decoded coefficients.
+					b = d.progCoeffs[compIndex][by*mxx*hi+bx]
 
 					if ah != 0 {
 						if err := d.refine(&b, &d.huff[acTable][scan[i].ta], zigStart, zigEnd, 1<<al); err != nil {
@@ -307,21 +316,15 @@ func (d *decoder) processSOS(n int) error {
 						}
 					}
 
-					if d.progressive {
-						// Save the coefficients.
-						d.progCoeffs[compIndex][by*mxx*hi+bx] = b
-						// At this point, we could call reconstructBlock to dequantize and perform the
-						// inverse DCT, to save early stages of a progressive image to the *image.YCbCr
-						// buffers (the whole point of progressive encoding), but in Go, the jpeg.Decode
-						// function does not return until the entire image is decoded, so we "continue"
-						// here to avoid wasted computation. Instead, reconstructBlock is called on each
-						// accumulated block by the reconstructProgressiveImage method after all of the
-						// SOS markers are processed.
-						continue
-					}
-					if err := d.reconstructBlock(&b, bx, by, int(compIndex)); err != nil {
-						return err
-					}
+					// Save the coefficients.
+					d.progCoeffs[compIndex][by*mxx*hi+bx] = b
+					// At this point, we could call reconstructBlock to dequantize and perform the
+					// inverse DCT, to save early stages of a progressive image to the *image.YCbCr
+					// buffers (the whole point of progressive encoding), but in Go, the jpeg.Decode
+					// function does not return until the entire image is decoded, so we "continue"
+					// here to avoid wasted computation. Instead, reconstructBlock is called on each
+					// accumulated block by the reconstructProgressiveImage method after all of the
+					// SOS markers are processed.
 				} // for j
 			} // for i
 			mcu++
@@ -489,6 +492,20 @@ func (d *decoder) reconstructBlock(b *block, bx, by, compIndex int) error {
 	if compIndex >= maxComponents {
 		return UnsupportedError("too many components")
 	}
+	qt := &d.quant[d.comp[compIndex].tq]
+	for zig := 0; zig < blockSize; zig++ {
+		b[unzig[zig]] *= qt[zig]
+	}
+	return d.reconstructCoeffs(b, blockSize-1, bx, by, compIndex)
+}
+
+// reconstructCoeffs performs the inverse DCT of the dequantized block b,
+// whose coefficients after zig-zag index last are zero, stores it to the
+// image and sets b to zero.
+func (d *decoder) reconstructCoeffs(b *block, last int32, bx, by, compIndex int) error {
+	if compIndex >= maxComponents {
+		return UnsupportedError("too many components")
+	}
 	sx, sy := d.compShift[compIndex][0], d.compShift[compIndex][1]
 	nx, ny := 8>>sx, 8>>sy
 	var pix []byte
@@ -507,24 +524,39 @@ func (d *decoder) reconstructBlock(b *block, bx, by, compIndex int) error {
 			pix, stride = d.blackPix, d.blackStride
 		}
 	}
-	dst := pix[ny*by*stride+nx*bx:]
-	qt := &d.quant[d.comp[compIndex].tq]
-	if sx != 0 || sy != 0 {
-		reconstructScaled(b, qt, sx, sy, dst, stride)
+	off := ny*by*stride + nx*bx
+	dst := pix[off : off+(ny-1)*stride+nx]
+	switch {
+	case last == 0:
+		// Every sample of the (reduced) block is the same.
+		var c uint8
+		if sx == 0 && sy == 0 {
+			c = clampLevel(idctDC(b[0]))
+		} else {
+			c = clampLevel64((int64(b[0]) + 4) >> 3)
+		}
+		for y := 0; y < ny; y++ {
+			row := dst[y*stride : y*stride+nx]
+			for x := range row {
+				row[x] = c
+			}
+		}
+		b[0] = 0
 		return nil
-	}
-	for zig := 0; zig < blockSize; zig++ {
-		b[unzig[zig]] *= qt[zig]
-	}
-	idct(b)
-	// Level shift by +128, clip to [0, 255], and write to dst.
-	for y := 0; y < 8; y++ {
-		y8 := y * 8
-		yStride := y * stride
-		for x := 0; x < 8; x++ {
-			dst[yStride+x] = clampLevel(b[y8+x])
+	case sx != 0 || sy != 0:
+		reconstructScaled(b, sx, sy, dst, stride)
+	default:
+		idct(b)
+		// Level shift by +128, clip to [0, 255], and write to dst.
+		for y := 0; y < 8; y++ {
+			row := dst[y*stride : y*stride+8]
+			src := b[y*8 : y*8+8]
+			for x := range row {
+				row[x] = clampLevel(src[x])
+			}
 		}
 	}
+	*b = block{}
 	return nil
 }
 
