@@ -56,9 +56,10 @@ var ErrNotLoggedIn = errors.New("clientlib: not logged in")
 // cluster's shared session tickets), presents the move token, and the
 // session's calls and streams go on there.
 type Client struct {
-	cfg Config
-	tls *tls.Config // shared by every route: one TLS session cache
-	log *slog.Logger
+	cfg  Config
+	tls  *tls.Config // shared by every route: one TLS session cache
+	log  *slog.Logger
+	seed string // the address Dial was given: asked for the MWS list last
 
 	mu       sync.RWMutex
 	home     *route // the MWS logged in to, or the one sessions moved to
@@ -87,7 +88,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Client, error) {
 	// resumes on another (MWSs share ticket keys).
 	t.ServerName = "mws.imash"
 	t.ClientSessionCache = tls.NewLRUClientSessionCache(64)
-	c := &Client{cfg: cfg, tls: t, log: log, routes: map[string]*route{}, sessions: map[string]*Session{}}
+	c := &Client{cfg: cfg, tls: t, log: log, seed: addr, routes: map[string]*route{}, sessions: map[string]*Session{}}
 	r, err := c.dialRoute(addr)
 	if err != nil {
 		return nil, err
@@ -260,7 +261,8 @@ type Session struct {
 
 	mu        sync.RWMutex
 	r         *route // the MWS holding the session
-	key       string // rotates at every handoff
+	key       string // rotates at every handoff and move
+	prevKey   string // the key before the last move's rotation (see follow)
 	conns     map[*Conn]struct{}
 	provider  SavepointFunc
 	handedOff bool

@@ -169,7 +169,7 @@ func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOpt
 		case *mwsv1.HandoffServerMsg_Done:
 			res.Timings = timingsFrom(m.Done.Timings)
 			s.mu.Lock()
-			s.key = ""
+			s.key, s.prevKey = "", ""
 			s.mu.Unlock()
 			return res, nil
 		case *mwsv1.HandoffServerMsg_RolledBack:
@@ -184,9 +184,15 @@ func (s *Session) Handoff(ctx context.Context, target string, opts ...HandoffOpt
 			if err != nil {
 				return nil, fmt.Errorf("%w: %v; taking the state back failed: %v", ErrRolledBack, cause, err)
 			}
+			// Should this MWS fail before the replica heard of the new
+			// key, the replica knows the one before.
 			s.mu.Lock()
-			s.key, s.handedOff = r.Session.key, false
+			old := s.key
+			s.key, s.prevKey, s.handedOff = r.Session.key, old, false
 			s.mu.Unlock()
+			r.Session.mu.Lock()
+			r.Session.prevKey = old
+			r.Session.mu.Unlock()
 			res.Restored = r
 			return res, fmt.Errorf("%w: %v", ErrRolledBack, cause)
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -391,5 +392,132 @@ func TestSessionFoundAfterItsMWSForgot(t *testing.T) {
 	}
 	if at := sess.MWS(); at != e.cl.MWS[2].Name() {
 		t.Fatalf("the session is at %q, want %s", at, e.cl.MWS[2].Name())
+	}
+}
+
+// TestMovedSessionSurvivesTargetFailure: the MWS a session was just moved
+// to dies as soon as the move returns, before its device has followed or
+// just after (its key then rotated there). The session is not lost: the
+// target placed its replica before it took the session, and the device,
+// unable to reach the target, finds the replica with its key (the one
+// before the rotation, if the replica had not heard of it) and goes on
+// there, its raw stream checked end to end over the one legacy connection.
+func TestMovedSessionSurvivesTargetFailure(t *testing.T) {
+	for i := range 3 {
+		t.Run(fmt.Sprintf("at-once/%d", i), func(t *testing.T) { testTargetFailure(t, false) })
+		t.Run(fmt.Sprintf("followed/%d", i), func(t *testing.T) { testTargetFailure(t, true) })
+	}
+	t.Run("replica-has-old-key", testTargetFailureOldKey)
+}
+
+// testTargetFailureOldKey: the device follows its session to the target,
+// whose key rotation never reaches the replica (the target sees no live
+// peer meanwhile); the target dies. The device's key is refused at the
+// replica and the key before the move is taken there; the device found
+// the replica's MWS through the address it was dialled with (the target,
+// seeing no peer, had listed only itself).
+func testTargetFailureOldKey(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := newMASHEnv(t, 0, nil)
+	c := e.device(t, "pda", 0)
+	sess, err := c.OpenSession(ctx, "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := e.set.Images()[0]
+	if _, err := sess.Get(ctx, "images", "/images/"+img.Name); err != nil {
+		t.Fatal(err)
+	}
+	target := e.cl.MWS[1]
+	if _, err := e.cl.MWS[0].MoveSession(ctx, sess.ID(), target.Name(), "operator"); err != nil {
+		t.Fatal(err)
+	}
+	holders := func() (n int) {
+		for _, s := range e.cl.MWS {
+			if s != target {
+				n += s.Stats().Replicas
+			}
+		}
+		return n
+	}
+	// The target placed its replica before the move returned.
+	pollDeadline(t, "the source to drop its own replica", func() bool { return holders() == 1 })
+	others := []string{e.cl.MWS[0].Name(), e.cl.MWS[2].Name()}
+	for _, n := range others {
+		e.cl.Peers.SetAlive(n, false)
+	}
+	if _, err := sess.Get(ctx, "images", "/images/"+img.Name); err != nil {
+		t.Fatal(err)
+	}
+	if sess.MWS() != target.Name() {
+		t.Fatalf("the device did not follow: at %s", sess.MWS())
+	}
+	dead, deadCancel := context.WithCancel(ctx)
+	deadCancel()
+	target.Close(dead)
+	e.cl.Peers.SetAlive(target.Name(), false)
+	for _, n := range others {
+		e.cl.Peers.SetAlive(n, true)
+	}
+	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
+	if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
+		t.Fatalf("Get after the target died: %v", err)
+	}
+	if at := sess.MWS(); at == target.Name() || at == "" {
+		t.Fatalf("the session is at %q", at)
+	}
+}
+
+func testTargetFailure(t *testing.T, followed bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e := newMASHEnv(t, 4<<20, nil)
+	c := e.device(t, "pda", 0)
+	sess, err := c.OpenSession(ctx, "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := e.set.Images()[0]
+	if _, err := sess.Get(ctx, "images", "/images/"+img.Name); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := sess.Dial(ctx, "stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := make([]byte, 1<<20)
+	if _, err := io.ReadFull(legacy.RandomStream(5), up); err != nil {
+		t.Fatal(err)
+	}
+	const upFirst, downFirst = 300007, 1<<20 + 13
+	if _, err := conn.Write(up[:upFirst]); err != nil {
+		t.Fatal(err)
+	}
+	down := sha256.New()
+	if _, err := io.CopyN(down, conn, downFirst); err != nil {
+		t.Fatal(err)
+	}
+	target := e.cl.MWS[1]
+	if _, err := e.cl.MWS[0].MoveSession(ctx, sess.ID(), target.Name(), "operator"); err != nil {
+		t.Fatal(err)
+	}
+	if followed {
+		// The device's key rotates there; the replica hears of the new
+		// key in the background, possibly not before the target dies.
+		pollDeadline(t, "the device to follow", func() bool { return sess.MWS() == target.Name() })
+	}
+	dead, deadCancel := context.WithCancel(ctx)
+	deadCancel()
+	target.Close(dead)
+	e.cl.Peers.SetAlive(target.Name(), false)
+
+	finishLegacyStream(t, ctx, conn, e.stream, up, upFirst, down)
+	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
+	if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
+		t.Fatalf("Get after the target died: %v", err)
+	}
+	if at := sess.MWS(); at == target.Name() || at == "" {
+		t.Fatalf("the session is at %q, want an MWS other than the dead %s", at, target.Name())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -154,9 +155,15 @@ func moveTarget(err error) *mwsv1.MoveTarget {
 // presents the move token there (or, when the token is spent or expired,
 // the session key), and takes the credential and the new session key.
 func (s *Session) follow(ctx context.Context, t *mwsv1.MoveTarget, from *route) error {
+	return s.followTo(ctx, t, from, false)
+}
+
+// followTo is follow; with here, it asks from's MWS too (by key: it may
+// keep the replica of the MWS the session moved on to).
+func (s *Session) followTo(ctx context.Context, t *mwsv1.MoveTarget, from *route, here bool) error {
 	s.followMu.Lock()
 	defer s.followMu.Unlock()
-	if cur := s.route(); cur != from || cur.addr == t.GetMws().GetAddr() {
+	if cur := s.route(); cur != from || cur.addr == t.GetMws().GetAddr() && !here {
 		return nil // another call followed already
 	}
 	c := s.c
@@ -171,7 +178,8 @@ func (s *Session) follow(ctx context.Context, t *mwsv1.MoveTarget, from *route) 
 		}
 		// The token if there is one; the session key when there is none (the
 		// old MWS is gone) or it is spent or expired.
-		byKey := &mwsv1.MoveInRequest{SessionId: s.id, SessionKey: s.currentKey()}
+		key, prev := s.keys()
+		byKey := &mwsv1.MoveInRequest{SessionId: s.id, SessionKey: key}
 		req := byKey
 		if t.GetToken() != "" {
 			req = &mwsv1.MoveInRequest{Token: t.GetToken()}
@@ -179,6 +187,12 @@ func (s *Session) follow(ctx context.Context, t *mwsv1.MoveTarget, from *route) 
 		resp, err = r.api.MoveIn(ctx, req, grpc.Peer(&p))
 		if req != byKey && (rpcerr.Reason(err) == "BAD_MOVE_TOKEN" || rpcerr.Reason(err) == "TOKEN_EXPIRED") {
 			resp, err = r.api.MoveIn(ctx, byKey, grpc.Peer(&p))
+		}
+		if req == byKey && prev != "" && rpcerr.Reason(err) == "BAD_SESSION_KEY" {
+			// The MWS the session last moved to rotated its key and died
+			// before its replica heard of the new one: the replica knows
+			// the key before. Anywhere else that key no longer works.
+			resp, err = r.api.MoveIn(ctx, &mwsv1.MoveInRequest{SessionId: s.id, SessionKey: prev}, grpc.Peer(&p))
 		}
 		if next := moveTarget(err); next != nil && i < maxFollows {
 			t = next // it moved on before this device followed
@@ -193,6 +207,9 @@ func (s *Session) follow(ctx context.Context, t *mwsv1.MoveTarget, from *route) 
 	r.setCred(resp.Credential)
 	r.setName(resp.Mws)
 	s.mu.Lock()
+	if s.key != resp.SessionKey {
+		s.prevKey = s.key
+	}
 	s.r, s.key = r, resp.SessionKey
 	s.mu.Unlock()
 	resumed := false
@@ -222,16 +239,31 @@ func (s *Session) currentKey() string {
 	return s.key
 }
 
+// keys returns the session's key and the one before the last move.
+func (s *Session) keys() (key, prev string) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.key, s.prevKey
+}
+
 // recover follows the session after err, when err says it moved, or when
 // its MWS is unreachable or no longer knows it (it restarted: then the
 // session is looked for, with its key, on the cluster's other MWSs). It
 // reports whether the call may be retried.
 func (s *Session) recover(ctx context.Context, err error, from *route) bool {
+	var skip string
 	if t := moveTarget(err); t != nil {
-		return s.follow(ctx, t, from) == nil
+		ferr := s.follow(ctx, t, from)
+		if ferr == nil || !unreachable(ferr) {
+			return ferr == nil
+		}
+		// The MWS it moved to is gone: its replica is elsewhere.
+		skip = t.GetMws().GetAddr()
+		s.c.log.Warn("the MWS the session moved to is unreachable: looking for it elsewhere", "session", s.id, "mws", t.GetMws().GetName(), "error", ferr)
 	}
 	switch {
-	case rpcerr.Code(err) == codes.Unavailable && rpcerr.Reason(err) == "":
+	case skip != "":
+	case unreachable(err):
 	case rpcerr.Reason(err) == "BAD_CREDENTIAL" || rpcerr.Reason(err) == "UNKNOWN_SESSION":
 		// Its MWS restarted: the session went elsewhere meanwhile (a
 		// drain), or lives on as a replica.
@@ -241,7 +273,7 @@ func (s *Session) recover(ctx context.Context, err error, from *route) bool {
 	s.c.mu.RLock()
 	peers := s.c.peers
 	s.c.mu.RUnlock()
-	tried := map[string]bool{}
+	tried := map[string]bool{skip: skip != ""}
 	for range 2 {
 		for _, p := range peers {
 			if tried[p.GetAddr()] {
@@ -249,7 +281,11 @@ func (s *Session) recover(ctx context.Context, err error, from *route) bool {
 			}
 			tried[p.GetAddr()] = true
 			t := &mwsv1.MoveTarget{SessionId: s.id, Mws: p}
-			if s.follow(ctx, t, from) == nil && s.route() != from {
+			if p.GetAddr() == from.addr {
+				if s.followTo(ctx, t, from, true) == nil {
+					return true
+				}
+			} else if s.follow(ctx, t, from) == nil && s.route() != from {
 				return true
 			}
 		}
@@ -261,10 +297,14 @@ func (s *Session) recover(ctx context.Context, err error, from *route) bool {
 	return false
 }
 
-// refreshPeers asks the MWSs of known, one after the other, for the
-// cluster's live MWSs, keeps the first answer as the device's list and
-// returns it (nil when none answered).
+// refreshPeers asks the MWSs of known, one after the other, and then the
+// address the client was dialled with, for the cluster's live MWSs, keeps
+// the first answer as the device's list and returns it (nil when none
+// answered).
 func (c *Client) refreshPeers(ctx context.Context, known []*mwsv1.MWSAddr) []*mwsv1.MWSAddr {
+	if !slices.ContainsFunc(known, func(p *mwsv1.MWSAddr) bool { return p.GetAddr() == c.seed }) {
+		known = append(slices.Clip(known), &mwsv1.MWSAddr{Addr: c.seed})
+	}
 	for _, p := range known {
 		r, err := c.dialRoute(p.GetAddr())
 		if err != nil {
@@ -362,4 +402,10 @@ func (c *Client) eventsAt(ctx context.Context, home *route, f func(*mwsv1.Event)
 			return err
 		}
 	}
+}
+
+// unreachable reports whether err says the MWS could not be reached (it
+// is down or gone), as opposed to an answer from it.
+func unreachable(err error) bool {
+	return rpcerr.Code(err) == codes.Unavailable && rpcerr.Reason(err) == ""
 }

@@ -465,7 +465,14 @@ func (s *Server) resume(ctx context.Context, req *mwsv1.ResumeRequest, out mwsv1
 		ss.mu.Unlock()
 		return err
 	}
-	s.replicateLater(ss)
+	// The replica learns the new key and device before this call ends: an
+	// MWS that stops gracefully waits for it, so the device finds its
+	// session with the key it was just given.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Cluster.MoveTimeout)
+	if err := s.replicate(rctx, ss); err != nil {
+		s.log.Warn("replicating a resumed session", "session", ss.id, "error", err)
+	}
+	cancel()
 	s.log.Info("session resumed", "handoff", h.id, "session", ss.id, "device", p.device, "elements", len(els), "rollback", h.rollback)
 	return nil
 }

@@ -184,7 +184,7 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	// immutable, and the few fetched meanwhile follow with the state.
 	t1 := time.Now()
 	plan := &shipPlan{budget: s.cfg.Cluster.MaxMoveBytes, sent: map[string]bool{}}
-	if err := s.precopy(ctx, api, ss, prep.GetMoveId(), plan); err != nil {
+	if err := s.precopy(ctx, api, ss, prep.GetMoveId(), rec.GetObjects(), plan); err != nil {
 		abort(err)
 		return res, peerStatus(peer.Name, err)
 	}
@@ -220,6 +220,9 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	if err != nil {
 		s.takeBack(ctx, ss, handed)
 		abort(err)
+		// The target may have replaced the replica with its own before
+		// it dropped its copy.
+		s.replicateLater(ss)
 		return res, peerStatus(peer.Name, err)
 	}
 	res.Objects, res.StateBytes, res.Ship = objects, bytes, time.Since(t2)
@@ -439,11 +442,14 @@ func (s *Server) shipObjects(order []string, plan *shipPlan, send func(*mwsv1.Sh
 	return nil
 }
 
-// precopy sends the session's objects to the target ahead of the freeze.
-func (s *Server) precopy(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, plan *shipPlan) error {
+// precopy sends the session's objects to the target ahead of the freeze:
+// those of announced (sorted), the record the target prepared with. Objects the
+// session fetched since go with the state, whose header announces them.
+func (s *Server) precopy(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, announced []string, plan *shipPlan) error {
 	ss.mu.Lock()
 	order := shipOrderLocked(ss)
 	ss.mu.Unlock()
+	order = slices.DeleteFunc(order, func(d string) bool { _, ok := slices.BinarySearch(announced, d); return !ok })
 	if len(order) == 0 {
 		return nil
 	}

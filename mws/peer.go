@@ -438,6 +438,13 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	}
 	s.registry.seen(ss.user, ss.device)
 	s.replicas.drop(ss.id, 0)
+	// The source drops its replicas once it hears the session is here: a
+	// replica of this MWS's is placed first, so that the session survives
+	// this MWS from the moment it is its own (the source marks it moving
+	// here, so it may keep the replica itself).
+	if err := s.replicate(st.Context(), ss); err != nil {
+		s.log.Warn("replicating a session moved in", "session", ss.id, "error", err)
+	}
 	if err := st.SendAndClose(&mwsv1.CompleteMoveResponse{Streams: int32(len(ss.streams)), Objects: int32(objs)}); err != nil {
 		// The source will not hear that the session is here: it keeps it,
 		// so this copy goes unless its device already took it.
@@ -446,11 +453,11 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 		s.moves.mu.Unlock()
 		if !used && s.sessions.remove(ss.id) != nil {
 			s.moves.remove(in)
+			s.dropReplicas(ss)
 			s.log.Warn("move answer lost: the session stays at the source", "session", ss.id, "from", from.Name, "error", err)
 		}
 		return err
 	}
-	s.replicateLater(ss)
 	s.log.Info("session moved in", "session", ss.id, "from", from.Name, "device", ss.device,
 		"streams", len(ss.streams), "objects", objs, "reason", in.reason)
 	return nil

@@ -29,10 +29,14 @@ import (
 // to.
 //
 // A savepoint is replicated before it is acknowledged to the device: an
-// acknowledged savepoint survives the MWS that acknowledged it. Other
-// changes (a new key after a move or a handoff, a new stream, a new
-// session) are replicated in the background. When the session closes or
-// moves away its replica is dropped; the new owner replicates it again.
+// acknowledged savepoint survives the MWS that acknowledged it. A session
+// that moves here is replicated before this MWS answers the move (the
+// source drops its own replicas only then), and a handoff's new key and
+// device before the Resume call ends. Other changes (a new key after a
+// device followed a move, a new stream, a new session) are replicated in
+// the background: a device whose new key the replica has not heard of
+// presents the key before. When the session closes or moves away its
+// replica is dropped.
 //
 // When the owner is gone (membership no longer lists it alive), the
 // session's device finds the replica by asking the cluster's MWSs with
@@ -416,7 +420,7 @@ func (p *peerService) Replicate(st mwsv1.Peer_ReplicateServer) error {
 	}, digests); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	if s.sessions.lookup(rec.GetSessionId()) != nil {
+	if cur := s.sessions.lookup(rec.GetSessionId()); cur != nil && !cur.movingTo(from.Name) {
 		// It is this MWS's own session now; a late replica is stale.
 		return st.SendAndClose(&mwsv1.ReplicateResponse{})
 	}
@@ -430,6 +434,15 @@ func (p *peerService) Replicate(st mwsv1.Peer_ReplicateServer) error {
 		}
 	}
 	return st.SendAndClose(&mwsv1.ReplicateResponse{Missing: missing})
+}
+
+// movingTo reports whether ss is being moved to the MWS named peer and
+// has reached it: the peer, which installed it, replicates it before it
+// answers, possibly here.
+func (ss *session) movingTo(peer string) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.move != nil && ss.move.frozen && ss.move.target.GetMws().GetName() == peer
 }
 
 // DropReplica forgets a replica its owner no longer needs.
