@@ -3,9 +3,7 @@ package clientlib_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
-	"io"
 	"sync"
 	"testing"
 	"time"
@@ -211,21 +209,7 @@ func TestCASHRawStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := sess.Dial(ctx, "stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := make([]byte, 1<<20)
-	if _, err := io.ReadFull(legacy.RandomStream(5), up); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Write(up[:300000]); err != nil {
-		t.Fatal(err)
-	}
-	h := sha256.New()
-	if _, err := io.CopyN(h, conn, 3<<20+12345); err != nil {
-		t.Fatal(err)
-	}
+	_, up, h := startLegacyStream(t, ctx, sess, 5, 300000, 3<<20+12345)
 	if _, err := sess.Handoff(ctx, "desktop"); err != nil {
 		t.Fatal(err)
 	}

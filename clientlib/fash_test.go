@@ -144,6 +144,29 @@ func (e *fashEnv) finishStream(t *testing.T, ctx context.Context, c *clientlib.C
 // finishLegacyStream sends up[sent:] on c, half-closes, reads the rest into
 // down (which holds what was read before), and checks both directions
 // against the stream server's own sums, over its one connection.
+// startLegacyStream dials the "stream" backend in sess, writes the first
+// upFirst bytes of 1 MiB of random data (seeded) and reads downFirst bytes
+// into the returned hash; finishLegacyStream ends the transfer.
+func startLegacyStream(t *testing.T, ctx context.Context, sess *clientlib.Session, seed uint64, upFirst int, downFirst int64) (*clientlib.Conn, []byte, hash.Hash) {
+	t.Helper()
+	conn, err := sess.Dial(ctx, "stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := make([]byte, 1<<20)
+	if _, err := io.ReadFull(legacy.RandomStream(seed), up); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(up[:upFirst]); err != nil {
+		t.Fatal(err)
+	}
+	down := sha256.New()
+	if _, err := io.CopyN(down, conn, downFirst); err != nil {
+		t.Fatal(err)
+	}
+	return conn, up, down
+}
+
 func finishLegacyStream(t *testing.T, ctx context.Context, c *clientlib.Conn, srv *legacy.StreamServer, up []byte, sent int, down hash.Hash) {
 	t.Helper()
 	if _, err := c.Write(up[sent:]); err != nil {

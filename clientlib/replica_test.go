@@ -3,10 +3,8 @@ package clientlib_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"testing"
 	"time"
 
@@ -20,7 +18,6 @@ import (
 	"github.com/imashproject/imash/internal/rpcerr"
 	"github.com/imashproject/imash/mws"
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
-	"github.com/imashproject/imash/testbed/legacy"
 )
 
 // TestSavepointSurvivesMWSFailure: a handoff's savepoint is stored, and
@@ -76,22 +73,8 @@ func testMWSFailure(t *testing.T, graceful bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := sess.Dial(ctx, "stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := make([]byte, 1<<20)
-	if _, err := io.ReadFull(legacy.RandomStream(3), up); err != nil {
-		t.Fatal(err)
-	}
 	const upFirst, downFirst = 400009, 2<<20 + 77
-	if _, err := conn.Write(up[:upFirst]); err != nil {
-		t.Fatal(err)
-	}
-	down := sha256.New()
-	if _, err := io.CopyN(down, conn, downFirst); err != nil {
-		t.Fatal(err)
-	}
+	conn, up, down := startLegacyStream(t, ctx, sess, 3, upFirst, downFirst)
 	notes := bytes.Repeat([]byte("ward 4, bed 12; "), 4096)
 	sess.SetSavepointProvider(func(context.Context) ([]clientlib.Element, error) {
 		return []clientlib.Element{
@@ -482,22 +465,8 @@ func testTargetFailure(t *testing.T, followed bool) {
 	if _, err := sess.Get(ctx, "images", "/images/"+img.Name); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := sess.Dial(ctx, "stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := make([]byte, 1<<20)
-	if _, err := io.ReadFull(legacy.RandomStream(5), up); err != nil {
-		t.Fatal(err)
-	}
 	const upFirst, downFirst = 300007, 1<<20 + 13
-	if _, err := conn.Write(up[:upFirst]); err != nil {
-		t.Fatal(err)
-	}
-	down := sha256.New()
-	if _, err := io.CopyN(down, conn, downFirst); err != nil {
-		t.Fatal(err)
-	}
+	conn, up, down := startLegacyStream(t, ctx, sess, 5, upFirst, downFirst)
 	target := e.cl.MWS[1]
 	if _, err := e.cl.MWS[0].MoveSession(ctx, sess.ID(), target.Name(), "operator"); err != nil {
 		t.Fatal(err)
