@@ -340,6 +340,11 @@ func (v service) GetStream(_ context.Context, req *muxv1.GetStreamRequest) (*mux
 	if err != nil {
 		return nil, err
 	}
+	// A closed stream leaves the table just after its connection closes:
+	// it is reported gone from the moment it closed.
+	if st.isClosed() {
+		return nil, rpcerr.New(codes.NotFound, "UNKNOWN_STREAM", "stream %q is closed", req.GetStreamId())
+	}
 	return st.info(), nil
 }
 

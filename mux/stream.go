@@ -544,3 +544,10 @@ func (s *stream) info() *muxv1.StreamInfo {
 	}
 	return in
 }
+
+// isClosed reports whether the stream has closed.
+func (s *stream) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
