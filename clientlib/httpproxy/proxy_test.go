@@ -169,7 +169,7 @@ func TestProxyErrors(t *testing.T) {
 		// empty for answers of the legacy server itself. orReason is
 		// an answer as good: which side's deadline fires first is a race.
 		wantReason, orReason string
-		wantHeader [2]string
+		wantHeader           [2]string
 	}{
 		{name: "unknown backend (NotFound)", raw: "GET http://nosuch/x HTTP/1.1\r\nHost: nosuch\r\n\r\n",
 			wantStatus: 502, wantReason: "UNKNOWN_BACKEND"},
