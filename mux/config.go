@@ -71,6 +71,9 @@ type Config struct {
 	// that a handed-over or parked session can be picked up later) before
 	// its legacy connection is closed.
 	OrphanTimeout time.Duration
+	// StandbyTimeout bounds how long a standby Attach (an MWS about to be
+	// handed the stream) waits for the handover.
+	StandbyTimeout time.Duration
 	// DialTimeout bounds connecting to a legacy server.
 	DialTimeout time.Duration
 	// ShutdownGrace is how long Close waits for RPCs in flight.
@@ -81,13 +84,14 @@ type Config struct {
 // backends or TLS.
 func NewDefaultConfig() Config {
 	return Config{
-		Retention:     4 << 20,
-		UpQueue:       1 << 20,
-		MaxChunk:      64 << 10,
-		MaxStreams:    10000,
-		OrphanTimeout: 10 * time.Minute,
-		DialTimeout:   5 * time.Second,
-		ShutdownGrace: 5 * time.Second,
+		Retention:      4 << 20,
+		UpQueue:        1 << 20,
+		MaxChunk:       64 << 10,
+		MaxStreams:     10000,
+		OrphanTimeout:  10 * time.Minute,
+		StandbyTimeout: time.Minute,
+		DialTimeout:    5 * time.Second,
+		ShutdownGrace:  5 * time.Second,
 	}
 }
 
@@ -121,6 +125,9 @@ func (c Config) Validate() error {
 	}
 	if c.OrphanTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("OrphanTimeout %v: want > 0", c.OrphanTimeout))
+	}
+	if c.StandbyTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("StandbyTimeout %v: want > 0", c.StandbyTimeout))
 	}
 	if c.DialTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("DialTimeout %v: want > 0", c.DialTimeout))

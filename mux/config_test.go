@@ -49,7 +49,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	if err == nil {
 		t.Fatal("want errors")
 	}
-	for _, want := range []string{"configured twice", "backend name", "TLS", "MaxChunk", "Retention", "MaxStreams", "OrphanTimeout", "DialTimeout"} {
+	for _, want := range []string{"configured twice", "backend name", "TLS", "MaxChunk", "Retention", "MaxStreams", "OrphanTimeout", "StandbyTimeout", "DialTimeout"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -107,6 +108,10 @@ type channel struct {
 
 func attach(ctx context.Context, t testing.TB, c muxv1.MuxClient, id string, epoch uint64) (*channel, error) {
 	t.Helper()
+	return attachHello(ctx, t, c, &muxv1.Hello{StreamId: id, Epoch: epoch})
+}
+
+func attachHello(ctx context.Context, t testing.TB, c muxv1.MuxClient, hello *muxv1.Hello) (*channel, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	ac, err := c.Attach(ctx)
 	if err != nil {
@@ -115,7 +120,7 @@ func attach(ctx context.Context, t testing.TB, c muxv1.MuxClient, id string, epo
 	}
 	// A Send that fails with io.EOF means the server already ended the
 	// call; its status comes from Recv.
-	if err := ac.Send(&muxv1.AttachRequest{Msg: &muxv1.AttachRequest_Hello{Hello: &muxv1.Hello{StreamId: id, Epoch: epoch}}}); err != nil && !errors.Is(err, io.EOF) {
+	if err := ac.Send(&muxv1.AttachRequest{Msg: &muxv1.AttachRequest_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
 		cancel()
 		return nil, err
 	}
@@ -126,7 +131,7 @@ func attach(ctx context.Context, t testing.TB, c muxv1.MuxClient, id string, epo
 	}
 	if m.GetAttached() == nil {
 		cancel()
-		t.Fatalf("first message is %v, want Attached", m)
+		return nil, fmt.Errorf("first message is %v, want Attached", m)
 	}
 	return &channel{t: t, ac: ac, cancel: cancel, attached: m.GetAttached()}, nil
 }

@@ -31,6 +31,7 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	maxChunk := fs.Int("max-chunk", def.MaxChunk, "largest data message in bytes")
 	maxStreams := fs.Int("max-streams", def.MaxStreams, "most streams held at once")
 	orphan := fs.Duration("orphan-timeout", def.OrphanTimeout, "how long a stream without an attached owner is kept")
+	standby := fs.Duration("standby-timeout", def.StandbyTimeout, "how long an MWS about to be handed a stream may wait attached for the handover")
 	dial := fs.Duration("dial-timeout", def.DialTimeout, "timeout for connecting to a legacy server")
 	grace := fs.Duration("shutdown-grace", def.ShutdownGrace, "how long shutdown waits for calls in flight")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -47,7 +48,7 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg := def
 	cfg.Retention, cfg.UpQueue, cfg.MaxChunk, cfg.MaxStreams = *retention, *upQueue, *maxChunk, *maxStreams
-	cfg.OrphanTimeout, cfg.DialTimeout, cfg.ShutdownGrace = *orphan, *dial, *grace
+	cfg.OrphanTimeout, cfg.StandbyTimeout, cfg.DialTimeout, cfg.ShutdownGrace = *orphan, *standby, *dial, *grace
 	for _, b := range backends {
 		pb, err := ParseBackend(b)
 		if err != nil {

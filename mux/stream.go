@@ -44,6 +44,8 @@ type stream struct {
 	// delivered is the highest down offset sent to the current epoch's
 	// owner; a commit may not pass it.
 	delivered uint64
+	// standbys counts standby attaches begun: a newer one ends an older.
+	standbys uint64
 
 	// Down: legacy server -> MWS. buf holds [committed, read).
 	buf        retainBuf
@@ -297,13 +299,63 @@ func (s *stream) attach(caller string, epoch uint64) (*attachment, *muxv1.Attach
 	if err := s.checkOwnerLocked(caller, epoch); err != nil {
 		return nil, nil, err
 	}
+	a, att := s.attachLocked(caller, epoch)
+	return a, att, nil
+}
+
+// attachStandby is the attach of an MWS about to be handed the stream,
+// which is at epoch now: it waits until the owner hands the stream to
+// caller and attaches caller at the new epoch at once, so that the new
+// owner's channel is open when the handover is done. It fails when the
+// stream goes to someone else, closes, a newer standby begins, ctx ends or
+// the configured standby limit passes.
+func (s *stream) attachStandby(ctx context.Context, caller string, epoch uint64) (*attachment, *muxv1.Attached, error) {
+	limit := time.NewTimer(s.cfg.StandbyTimeout)
+	defer limit.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.standbys++
+	mine := s.standbys
+	s.notifyLocked() // an older standby ends
+	for {
+		switch {
+		case s.closed:
+			return nil, nil, rpcerr.New(codes.NotFound, "STREAM_CLOSED", "stream %s is closed (%s)", s.id, s.closeReason)
+		case s.epoch == epoch+1 && s.owner == caller:
+			a, att := s.attachLocked(caller, s.epoch)
+			return a, att, nil
+		case s.epoch != epoch:
+			return nil, nil, rpcerr.New(codes.FailedPrecondition, "STALE_EPOCH", "stream %s: standby at epoch %d, the stream is at epoch %d of %q", s.id, epoch, s.epoch, s.owner)
+		case s.owner == caller:
+			return nil, nil, rpcerr.New(codes.FailedPrecondition, "ALREADY_OWNER", "stream %s is %q's already: attach without standby", s.id, caller)
+		case s.standbys != mine:
+			return nil, nil, rpcerr.New(codes.Aborted, "STANDBY_REPLACED", "a newer standby attach to stream %s began", s.id)
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			s.mu.Lock()
+			return nil, nil, rpcerr.New(codes.Canceled, "CANCELED", "standby attach to stream %s: %v", s.id, ctx.Err())
+		case <-limit.C:
+			s.mu.Lock()
+			return nil, nil, rpcerr.New(codes.DeadlineExceeded, "STANDBY_TIMEOUT", "stream %s was not handed over within %v", s.id, s.cfg.StandbyTimeout)
+		}
+		s.mu.Lock()
+	}
+}
+
+// attachLocked makes a (the owner's) new attachment at epoch, cutting the
+// one before.
+func (s *stream) attachLocked(caller string, epoch uint64) (*attachment, *muxv1.Attached) {
 	s.cutLocked(muxv1.CutReason_CUT_REASON_REATTACHED)
 	a := &attachment{epoch: epoch, owner: caller, next: s.committed, upAckSent: s.accepted}
 	s.att = a
 	s.stopOrphanTimerLocked()
 	s.notifyLocked()
 	s.log.Info("owner attached", "mws", caller, "epoch", epoch, "down_offset", s.committed, "up_offset", s.accepted)
-	return a, &muxv1.Attached{Epoch: epoch, DownOffset: s.committed, UpOffset: s.accepted, UpClosed: s.closeReq, Backend: s.backend}, nil
+	return a, &muxv1.Attached{Epoch: epoch, DownOffset: s.committed, UpOffset: s.accepted, UpClosed: s.closeReq, Backend: s.backend}
 }
 
 // detach forgets a finished attachment (its channel ended without a cut).

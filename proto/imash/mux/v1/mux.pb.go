@@ -397,9 +397,16 @@ func (*AttachRequest_Commit) isAttachRequest_Msg() {}
 func (*AttachRequest_CloseWrite) isAttachRequest_Msg() {}
 
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	StreamId      string                 `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	StreamId string                 `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Epoch    uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// standby: the caller is about to be handed the stream, which is at epoch
+	// now. The mux answers Attached (at the new epoch) the moment the owner
+	// hands it over to the caller, so the new owner's channel is ready when
+	// the handover is; until then the call waits. It fails if the stream goes
+	// to another MWS, closes, or the wait exceeds the mux's standby limit.
+	// One standby a stream: a second one ends the first.
+	Standby       bool `protobuf:"varint,3,opt,name=standby,proto3" json:"standby,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +453,13 @@ func (x *Hello) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *Hello) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
 }
 
 type Data struct {
@@ -1888,10 +1902,11 @@ const file_imash_mux_v1_mux_proto_rawDesc = "" +
 	"\x06commit\x18\x03 \x01(\v2\x14.imash.mux.v1.CommitH\x00R\x06commit\x12;\n" +
 	"\vclose_write\x18\x04 \x01(\v2\x18.imash.mux.v1.CloseWriteH\x00R\n" +
 	"closeWriteB\x05\n" +
-	"\x03msg\":\n" +
+	"\x03msg\"T\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"2\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\astandby\x18\x03 \x01(\bR\astandby\"2\n" +
 	"\x04Data\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\" \n" +
