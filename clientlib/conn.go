@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 
 	"github.com/imashproject/imash/internal/rpcerr"
 	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
@@ -157,6 +159,55 @@ func (s *Session) openAt(ctx context.Context, r *route, open *mwsv1.StreamOpen) 
 	return st, op, nil
 }
 
+// followOpen follows the session to the MWS of t and attaches the stream
+// there in one call: the Stream call carries the move token, and that MWS
+// moves the session in (answering MovedIn) before it opens the stream. It
+// returns nil when the stream did not attach; the session may have moved
+// in all the same, and then its route is the new MWS.
+func (c *Conn) followOpen(t *mwsv1.MoveTarget, from *route) (mwsv1.Device_StreamClient, *mwsv1.StreamOpened) {
+	s := c.s
+	s.followMu.Lock()
+	defer s.followMu.Unlock()
+	if s.route() != from || from.addr == t.GetMws().GetAddr() {
+		return nil, nil // another call followed already
+	}
+	r, err := s.c.dialRoute(t.GetMws().GetAddr())
+	if err != nil {
+		return nil, nil
+	}
+	t0 := time.Now()
+	ctx, cancel := context.WithCancel(c.base)
+	st, err := r.api.Stream(metadata.AppendToOutgoingContext(s.ctx(ctx), "imash-move-token", t.GetToken()))
+	if err == nil {
+		err = st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: &mwsv1.StreamOpen{
+			SessionId: s.id, StreamId: c.streamID, ResumeOffset: c.recvNext}}})
+		if errors.Is(err, io.EOF) {
+			err = nil // the MWS ended the call: Recv returns its status
+		}
+	}
+	var m *mwsv1.StreamResponse
+	if err == nil {
+		m, err = st.Recv()
+	}
+	if err != nil || m.GetMovedIn() == nil {
+		cancel()
+		return nil, nil
+	}
+	// The call's peer tells whether TLS was resumed (grpc.Peer fills in
+	// only when a stream ends).
+	p, _ := peer.FromContext(st.Context())
+	s.movedIn(r, from, m.GetMovedIn(), time.Since(t0), p)
+	if m, err = st.Recv(); err != nil || m.GetOpened() == nil {
+		cancel()
+		return nil, nil
+	}
+	go func() {
+		<-st.Context().Done()
+		cancel()
+	}()
+	return st, m.GetOpened()
+}
+
 // movable reports whether err ends a stream that goes on elsewhere: the
 // session or the stream moved, or the MWS went away.
 func movable(err error) bool {
@@ -183,6 +234,14 @@ func (c *Conn) reattach(cause error) mwsv1.Device_StreamClient {
 			return nil
 		}
 		r := c.s.route()
+		if t := moveTarget(cause); t != nil && t.GetToken() != "" {
+			// Follow and attach in one call.
+			if st, op := c.followOpen(t, r); st != nil {
+				c.resend(st, op.UpOffset)
+				c.s.c.log.Info("stream attached again", "session", c.s.id, "stream", c.streamID, "mws", t.GetMws().GetName(), "down_offset", c.recvNext, "up_offset", op.UpOffset)
+				return st
+			}
+		}
 		if c.s.recover(c.base, cause, r) {
 			r = c.s.route()
 		}

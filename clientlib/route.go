@@ -203,7 +203,14 @@ func (s *Session) followTo(ctx context.Context, t *mwsv1.MoveTarget, from *route
 		}
 		break
 	}
-	took := time.Since(t0)
+	s.movedIn(r, from, resp, time.Since(t0), &p)
+	return nil
+}
+
+// movedIn makes r, where the session moved in with resp, its route. p is
+// the peer of the call, for whether it resumed TLS.
+func (s *Session) movedIn(r, from *route, resp *mwsv1.MoveInResponse, took time.Duration, p *peer.Peer) {
+	c := s.c
 	r.setCred(resp.Credential)
 	r.setName(resp.Mws)
 	s.mu.Lock()
@@ -213,6 +220,9 @@ func (s *Session) followTo(ctx context.Context, t *mwsv1.MoveTarget, from *route
 	s.r, s.key = r, resp.SessionKey
 	s.mu.Unlock()
 	resumed := false
+	if p == nil {
+		p = &peer.Peer{}
+	}
 	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
 		resumed = ti.State.DidResume
 	}
@@ -230,7 +240,6 @@ func (s *Session) followTo(ctx context.Context, t *mwsv1.MoveTarget, from *route
 	c.stats.LastFollow = took
 	c.mu.Unlock()
 	c.log.Info("session followed to another MWS", "session", s.id, "mws", resp.Mws, "tls_resumed", resumed, "took", took)
-	return nil
 }
 
 func (s *Session) currentKey() string {

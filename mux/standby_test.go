@@ -133,8 +133,29 @@ func TestStandbyAttach(t *testing.T) {
 	echoOnce(t, r.ch, n, n, []byte("now b's"))
 	n += uint64(len("now b's"))
 
-	// A standby of c's, then b hands the stream to a: c's standby ends.
+	// The owner detached when it hands the stream over: the standby gets
+	// it all the same.
 	cs := startStandby(ctx, t, c, op.StreamId, resp.Epoch)
+	r.ch.cancel()
+	pollUntil(t, "b detached", func() bool {
+		in, err := a.GetStream(ctx, &muxv1.GetStreamRequest{StreamId: op.StreamId})
+		return err == nil && !in.Attached
+	})
+	respC, err := b.Handover(ctx, &muxv1.HandoverRequest{StreamId: op.StreamId, Epoch: resp.Epoch, To: "mws-c", HasCommit: true, CommitOffset: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := waitStandby(t, cs)
+	if rc.err != nil || rc.ch.attached.Epoch != respC.Epoch {
+		t.Fatalf("standby of c after a detached owner's handover: %v, %v", rc.err, rc.ch)
+	}
+	echoOnce(t, rc.ch, n, n, []byte("c's"))
+	n += uint64(len("c's"))
+	resp = respC
+	b, c = c, b
+
+	// A standby of c's, then b hands the stream to a: c's standby ends.
+	cs = startStandby(ctx, t, c, op.StreamId, resp.Epoch)
 	resp2, err := b.Handover(ctx, &muxv1.HandoverRequest{StreamId: op.StreamId, Epoch: resp.Epoch, To: "mws-a", HasCommit: true, CommitOffset: n})
 	if err != nil {
 		t.Fatal(err)

@@ -539,6 +539,7 @@ func (s *stream) handover(caller string, req *muxv1.HandoverRequest) (*muxv1.Han
 	s.owner = req.GetTo()
 	s.delivered = s.committed
 	s.cutLocked(muxv1.CutReason_CUT_REASON_HANDOVER)
+	s.notifyLocked() // a standby of the new owner's waits, attached or not
 	s.startOrphanTimerLocked()
 	s.log.Info("stream handed over", "mws", caller, "to", s.owner, "epoch", s.epoch,
 		"delivered", delivered, "committed", s.committed, "up_offset", s.accepted)
@@ -563,6 +564,7 @@ func (s *stream) takeover(caller string, req *muxv1.TakeoverRequest) (*muxv1.Tak
 	s.owner = caller
 	s.delivered = s.committed
 	s.cutLocked(muxv1.CutReason_CUT_REASON_TAKEOVER)
+	s.notifyLocked() // a waiting standby ends
 	s.startOrphanTimerLocked()
 	s.log.Warn("stream taken over", "mws", caller, "previous_owner", prev, "epoch", s.epoch,
 		"committed", s.committed, "up_offset", s.accepted, "forced", req.GetForce())

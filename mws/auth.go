@@ -102,6 +102,10 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		method == mwsv1.Device_Ping_FullMethodName, !inService(method, mwsv1.Device_ServiceDesc):
 		// Peers and operators are authenticated by their certificates.
 		return ctx, nil
+	case method == mwsv1.Device_Stream_FullMethodName && moveTokenOf(ctx) != "":
+		// A stream that moves its session in: the move token proves the
+		// device, as in MoveIn (Stream checks it).
+		return ctx, nil
 	}
 	id, _ := pki.IdentityFrom(ctx)
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -143,6 +147,19 @@ func (c *ctxStream) Context() context.Context { return c.ctx }
 
 // sessionKeyHeader is the metadata key of the session key.
 const sessionKeyHeader = "imash-session-key"
+
+// moveTokenHeader carries the move token of a Stream call that moves its
+// session in.
+const moveTokenHeader = "imash-move-token"
+
+// moveTokenOf returns the call's move token, if it has exactly one.
+func moveTokenOf(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(moveTokenHeader); len(v) == 1 {
+		return v[0]
+	}
+	return ""
+}
 
 // session returns the session id of the calling principal, checking the
 // session key the call carries. While the session is being moved to

@@ -162,7 +162,8 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	if err != nil {
 		return res, err
 	}
-	prep, err := api.PrepareMove(ctx, &mwsv1.PrepareMoveRequest{Session: rec, Reason: reason, Profiles: s.deviceDocs(device)})
+	prep, err := api.PrepareMove(ctx, &mwsv1.PrepareMoveRequest{Session: rec, Reason: reason, Profiles: s.deviceDocs(device),
+		Streams: streamEpochs(ss)})
 	if err != nil {
 		return res, peerStatus(peer.Name, err)
 	}
@@ -203,29 +204,52 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	ss.mu.Unlock()
 	ss.waitQuiet(ctx)
 
-	// 3: the mux hands the session's streams to the target.
+	// 3 and 4 at once: the mux hands the session's streams to the target
+	// while the state travels to it; the streams' new epochs go last, and
+	// the target installs the session.
 	t1 = time.Now()
-	handed, err := s.handStreams(ctx, ss, peer.Name)
-	if err != nil {
-		s.takeBack(ctx, ss, handed)
-		abort(err)
-		return res, err
+	type handing struct {
+		handed []*mwsv1.MovedStream
+		err    error
+		took   time.Duration
 	}
-	res.Streams = len(handed)
-	res.Handover = time.Since(t1)
-
-	// 4: ship the state; the target installs the session.
-	t2 := time.Now()
-	objects, bytes, err := s.shipState(ctx, api, ss, prep.GetMoveId(), handed, plan)
-	if err != nil {
-		s.takeBack(ctx, ss, handed)
+	hc := make(chan handing, 1)
+	go func() {
+		h, err := s.handStreams(ctx, ss, peer.Name)
+		hc <- handing{h, err, time.Since(t1)}
+	}()
+	ss.mu.Lock()
+	if opts.fash == nil && ss.leaving != nil {
+		// The device follows: its relays end now and tell it where, so
+		// that it is on its way while the streams are handed over.
+		close(ss.leaving)
+		ss.leaving = nil
+	}
+	ss.mu.Unlock()
+	var hand *handing
+	handed := func() ([]*mwsv1.MovedStream, error) {
+		if hand == nil {
+			h := <-hc
+			hand = &h
+		}
+		return hand.handed, hand.err
+	}
+	objects, bytes, err := s.shipState(ctx, api, ss, prep.GetMoveId(), plan, handed)
+	streams, handErr := handed()
+	if err != nil || handErr != nil {
+		s.takeBack(ctx, ss, streams)
+		if handErr != nil {
+			abort(handErr)
+			return res, handErr
+		}
 		abort(err)
 		// The target may have replaced the replica with its own before
 		// it dropped its copy.
 		s.replicateLater(ss)
 		return res, peerStatus(peer.Name, err)
 	}
-	res.Objects, res.StateBytes, res.Ship = objects, bytes, time.Since(t2)
+	res.Streams, res.Handover = len(streams), hand.took
+	res.Objects, res.StateBytes, res.Ship = objects, bytes, time.Since(t1)
 
 	// 5: the session is the target's; its device is told to follow.
 	s.sessions.forward(ss, &forward{user: ss.user, device: device, target: target,
@@ -314,7 +338,14 @@ func recordLocked(ss *session) *mwsv1.SessionRecord {
 func (s *Server) handStreams(ctx context.Context, ss *session, to string) ([]*mwsv1.MovedStream, error) {
 	var out []*mwsv1.MovedStream
 	for _, r := range ss.streamsSnapshot() {
-		resp, err := s.mux.API().Handover(ctx, &muxv1.HandoverRequest{StreamId: r.id, Epoch: r.epoch, To: to})
+		ss.mu.Lock()
+		pre, epoch := r.pre, r.epoch
+		r.pre = nil
+		ss.mu.Unlock()
+		if pre != nil {
+			pre.release() // no relay took it: the handover would cut it
+		}
+		resp, err := s.mux.API().Handover(ctx, &muxv1.HandoverRequest{StreamId: r.id, Epoch: epoch, To: to})
 		if rpcerr.Code(err) == codes.NotFound {
 			ss.forgetStream(r)
 			continue
@@ -325,6 +356,17 @@ func (s *Server) handStreams(ctx context.Context, ss *session, to string) ([]*mw
 		out = append(out, &mwsv1.MovedStream{StreamId: r.id, Backend: r.backend, Epoch: resp.GetEpoch()})
 	}
 	return out, nil
+}
+
+// streamEpochs lists the session's streams with their epochs now.
+func streamEpochs(ss *session) []*mwsv1.MovedStream {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]*mwsv1.MovedStream, 0, len(ss.streams))
+	for _, r := range ss.streams {
+		out = append(out, &mwsv1.MovedStream{StreamId: r.id, Backend: r.backend, Epoch: r.epoch})
+	}
+	return out
 }
 
 // takeBack claims handed streams back for this MWS after a failed move:
@@ -353,12 +395,18 @@ func (s *Server) takeBack(ctx context.Context, ss *session, handed []*mwsv1.Move
 // shipChunk is the size of the object chunks a move ships.
 const shipChunk = 1 << 20
 
-// shipState sends the session's state to the target: the streams' new
-// epochs, the stored savepoint and the original server objects (those the
-// savepoint names first), within the configured bounds.
-func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, handed []*mwsv1.MovedStream, plan *shipPlan) (objects int, bytes int64, err error) {
+// shipState sends the session's state to the target: the stored savepoint
+// and the original server objects (those the savepoint names first),
+// within the configured bounds, and last the streams' new epochs, which
+// handed waits for. An error of handed's cancels the ship, so that the
+// target does not install the session.
+func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, plan *shipPlan,
+	handed func() ([]*mwsv1.MovedStream, error)) (objects int, bytes int64, err error) {
 	ss.mu.Lock()
-	hdr := &mwsv1.CompleteMoveHeader{MoveId: moveID, Streams: handed, KeyHash: slices.Clone(ss.keyHash[:])}
+	hdr := &mwsv1.CompleteMoveHeader{MoveId: moveID, KeyHash: slices.Clone(ss.keyHash[:])}
+	for _, r := range ss.streams {
+		hdr.Streams = append(hdr.Streams, &mwsv1.MovedStream{StreamId: r.id, Backend: r.backend, Epoch: r.epoch})
+	}
 	for _, e := range ss.savepoint {
 		hdr.Savepoint = append(hdr.Savepoint, &mwsv1.Element{Name: e.name, Kind: e.kind, ContentType: e.contentType,
 			Digest: e.digest, Data: e.data, StreamId: e.streamID, StreamOffset: e.streamOffset})
@@ -372,6 +420,8 @@ func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *sessio
 	slices.Sort(hdr.Objects)
 	slices.SortFunc(hdr.Savepoint, func(a, b *mwsv1.Element) int { return strings.Compare(a.Name, b.Name) })
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	st, err := api.CompleteMove(ctx)
 	if err != nil {
 		return 0, 0, err
@@ -384,6 +434,18 @@ func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *sessio
 		return st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: m}})
 	})
 	if err != nil {
+		_, rerr := st.CloseAndRecv()
+		return 0, 0, errors.Join(err, rerr)
+	}
+	if err := st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_StateEnd{StateEnd: &mwsv1.StateEnd{}}}); err != nil {
+		_, rerr := st.CloseAndRecv()
+		return 0, 0, errors.Join(err, rerr)
+	}
+	streams, err := handed()
+	if err != nil {
+		return 0, 0, err // cancel ends the call unfinished
+	}
+	if err := st.Send(&mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Handed{Handed: &mwsv1.HandedStreams{Streams: streams}}}); err != nil {
 		_, rerr := st.CloseAndRecv()
 		return 0, 0, errors.Join(err, rerr)
 	}

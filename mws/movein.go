@@ -21,17 +21,22 @@ import (
 // authenticated peer) for this device certificate, and the key only the
 // device holds.
 func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*mwsv1.MoveInResponse, error) {
-	s := d.s
+	resp, _, err := d.s.moveIn(ctx, req)
+	return resp, err
+}
+
+// moveIn is MoveIn; it also returns the session moved in.
+func (s *Server) moveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*mwsv1.MoveInResponse, *session, error) {
 	id, _ := pki.IdentityFrom(ctx)
 	if len(req.GetToken()) > 256 || len(req.GetSessionId()) > 64 || len(req.GetSessionKey()) > 256 {
-		return nil, rpcerr.New(codes.InvalidArgument, "FIELD_TOO_LONG", "token, session id or key too long")
+		return nil, nil, rpcerr.New(codes.InvalidArgument, "FIELD_TOO_LONG", "token, session id or key too long")
 	}
 	var ss *session
 	if req.GetToken() != "" {
-		in, err := s.moves.use(req.GetToken(), id.Name)
+		in, err := s.moves.use(req.GetToken(), id.Name, req.GetSessionId())
 		if err != nil {
 			s.log.Warn("move-in refused", "device", id.Name, "error", err)
-			return nil, err
+			return nil, nil, err
 		}
 		// The device may arrive while the state is still on its way.
 		wait := time.NewTimer(s.cfg.Cluster.MoveTimeout)
@@ -39,18 +44,18 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 		select {
 		case <-in.done:
 		case <-wait.C:
-			return nil, rpcerr.New(codes.DeadlineExceeded, "MOVE_TIMEOUT", "the session's state did not arrive in time")
+			return nil, nil, rpcerr.New(codes.DeadlineExceeded, "MOVE_TIMEOUT", "the session's state did not arrive in time")
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 		if in.err != nil {
-			return nil, rpcerr.New(codes.Aborted, "MOVE_ABORTED", "the move failed: %v; the session stays where it was", in.err)
+			return nil, nil, rpcerr.New(codes.Aborted, "MOVE_ABORTED", "the move failed: %v; the session stays where it was", in.err)
 		}
 		s.moves.remove(in)
 		ss = in.ss
 		if !s.sessions.holds(ss) {
 			// It moved on before the device followed: point it further.
-			return nil, s.sessions.notHere(ss.id, id.Name)
+			return nil, nil, s.sessions.notHere(ss.id, id.Name)
 		}
 	} else {
 		ss = s.sessions.lookup(req.GetSessionId())
@@ -58,17 +63,17 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 			// Its MWS may be gone, with a replica here.
 			var err error
 			if ss, err = s.takeUp(ctx, req.GetSessionId(), id.Name, req.GetSessionKey()); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		if ss == nil {
-			return nil, s.sessions.notHere(req.GetSessionId(), id.Name)
+			return nil, nil, s.sessions.notHere(req.GetSessionId(), id.Name)
 		}
 		ss.mu.Lock()
 		kh := ss.keyHash
 		ss.mu.Unlock()
 		if h := sha256.Sum256([]byte(req.GetSessionKey())); subtle.ConstantTimeCompare(h[:], kh[:]) != 1 {
-			return nil, rpcerr.New(codes.Unauthenticated, "BAD_SESSION_KEY", "session key missing, wrong or revoked")
+			return nil, nil, rpcerr.New(codes.Unauthenticated, "BAD_SESSION_KEY", "session key missing, wrong or revoked")
 		}
 	}
 	// A session that is moving on gets its new key where it lands.
@@ -82,21 +87,21 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 		select {
 		case <-mv.done:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 	}
 	if !s.sessions.holds(ss) {
-		return nil, s.sessions.notHere(ss.id, id.Name)
+		return nil, nil, s.sessions.notHere(ss.id, id.Name)
 	}
 	ss.mu.Lock()
 	if ss.move != nil {
 		ss.mu.Unlock()
-		return nil, rpcerr.New(codes.Unavailable, "SESSION_MOVING", "session %s is being moved", ss.id)
+		return nil, nil, rpcerr.New(codes.Unavailable, "SESSION_MOVING", "session %s is being moved", ss.id)
 	}
 	if ss.device != id.Name {
 		dev := ss.device
 		ss.mu.Unlock()
-		return nil, rpcerr.New(codes.PermissionDenied, "SESSION_ON_OTHER_DEVICE", "session %q is on device %q", ss.id, dev)
+		return nil, nil, rpcerr.New(codes.PermissionDenied, "SESSION_ON_OTHER_DEVICE", "session %q is on device %q", ss.id, dev)
 	}
 	key := ss.rotateKeyLocked()
 	user := ss.user
@@ -107,7 +112,7 @@ func (d *deviceService) MoveIn(ctx context.Context, req *mwsv1.MoveInRequest) (*
 	s.log.Info("device moved in", "session", ss.id, "device", id.Name, "user", user)
 	s.replicateLater(ss)
 	return &mwsv1.MoveInResponse{Credential: tok, ExpiresUnixNano: exp.UnixNano(), Mws: s.cfg.Name,
-		SessionId: ss.id, SessionKey: key, Peers: s.peerAddrs()}, nil
+		SessionId: ss.id, SessionKey: key, Peers: s.peerAddrs()}, ss, nil
 }
 
 // peerAddrs lists the cluster's live MWSs, this one included, for devices:

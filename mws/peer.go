@@ -95,6 +95,9 @@ type incoming struct {
 	ss   *session      // set when completed
 	err  error         // set when aborted
 	used bool          // the device moved in (under moveTable.mu)
+	// standbys are the channels opened ahead to the session's streams,
+	// by stream id.
+	standbys map[string]*standby
 }
 
 type moveToken struct {
@@ -162,8 +165,9 @@ func (t *moveTable) claim(in *incoming) {
 }
 
 // use consumes a move token presented by device: single use, unexpired,
-// bound to that device. A token shown by another device is burnt.
-func (t *moveTable) use(tok, device string) (*incoming, error) {
+// bound to that device. A token shown by another device is burnt. With
+// session set, a token for another session is refused and stays.
+func (t *moveTable) use(tok, device, session string) (*incoming, error) {
 	k := sha256.Sum256([]byte(tok))
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -171,10 +175,14 @@ func (t *moveTable) use(tok, device string) (*incoming, error) {
 	if e == nil {
 		return nil, rpcerr.New(codes.Unauthenticated, "BAD_MOVE_TOKEN", "move token unknown, already used, or not issued by this MWS")
 	}
-	delete(t.tokens, k)
 	if e.device != device {
+		delete(t.tokens, k)
 		return nil, rpcerr.New(codes.PermissionDenied, "TOKEN_NOT_FOR_DEVICE", "move token is not for this device")
 	}
+	if session != "" && e.in.rec.GetSessionId() != session {
+		return nil, rpcerr.New(codes.InvalidArgument, "SESSION_MISMATCH", "the move token is not for session %q", session)
+	}
+	delete(t.tokens, k)
 	if time.Now().After(e.expires) {
 		return nil, rpcerr.New(codes.Unauthenticated, "TOKEN_EXPIRED", "move token expired")
 	}
@@ -247,6 +255,9 @@ func (p *peerService) PrepareMove(ctx context.Context, req *mwsv1.PrepareMoveReq
 	if s.sessions.lookup(rec.GetSessionId()) != nil {
 		return nil, rpcerr.New(codes.AlreadyExists, "SESSION_EXISTS", "session %s is already here", rec.GetSessionId())
 	}
+	if len(req.GetStreams()) > s.cfg.MaxStreamsPerSession {
+		return nil, rpcerr.New(codes.InvalidArgument, "TOO_MANY_STREAMS", "%d streams exceed %d", len(req.GetStreams()), s.cfg.MaxStreamsPerSession)
+	}
 	if err := s.sessions.reserve(rec.GetUser()); err != nil {
 		return nil, err
 	}
@@ -254,6 +265,8 @@ func (p *peerService) PrepareMove(ctx context.Context, req *mwsv1.PrepareMoveReq
 	_, _ = rand.Read(b[:])
 	in := &incoming{id: hex.EncodeToString(b[:]), from: from.Name, rec: rec, docs: req.GetProfiles(), reason: req.GetReason(),
 		expires: time.Now().Add(s.cfg.Cluster.MoveTimeout), done: make(chan struct{})}
+	// The streams' channels here open ahead, to be ready at the handover.
+	in.standbys = s.startStandbys(req.GetStreams())
 	tok, exp := s.moves.add(in, s.cfg.Cluster.MoveTokenTTL)
 	// A skeleton the source never completes goes away by itself.
 	time.AfterFunc(s.cfg.Cluster.MoveTimeout, func() {
@@ -265,6 +278,7 @@ func (p *peerService) PrepareMove(ctx context.Context, req *mwsv1.PrepareMoveReq
 
 // dropIncoming ends an incoming move that did not complete.
 func (s *Server) dropIncoming(in *incoming, why error) {
+	releaseStandbys(in.standbys)
 	s.moves.remove(in)
 	dropped := false
 	in.once.Do(func() {
@@ -299,6 +313,7 @@ func (p *peerService) AbortMove(ctx context.Context, req *mwsv1.AbortMoveRequest
 			}
 			// Completed but not yet claimed: the source keeps the session.
 			s.sessions.remove(in.ss.id)
+			releaseStandbys(in.standbys)
 			s.moves.remove(in)
 		}
 	default:
@@ -384,26 +399,55 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 		return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "%d objects exceed %d", len(hdr.GetObjects()), s.cfg.Cluster.MaxMoveObjects)
 	}
 	in.rec.Objects = append(in.rec.Objects, hdr.GetObjects()...)
+	for _, m := range hdr.GetStreams() {
+		if err := checkMovedStream(m); err != nil {
+			return err
+		}
+	}
+	stateEnd := false
 	objs, err := s.receiveObjects(func() (*mwsv1.ShippedObject, error) {
 		m, err := st.Recv()
 		if err != nil {
 			return nil, err
 		}
+		if m.GetStateEnd() != nil {
+			stateEnd = true
+			return nil, io.EOF
+		}
 		if m.GetObject() == nil {
-			return nil, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "only objects may follow the header")
+			return nil, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "only objects, then the state's end, may follow the header")
 		}
 		return m.GetObject(), nil
 	}, in.rec.GetObjects())
 	if err != nil {
 		return err
 	}
+	if !stateEnd {
+		return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "the state ended without its end message")
+	}
+	// The streams' new epochs: from the mux, as soon as it has handed every
+	// stream of the header to this MWS's standby attaches, or else from the
+	// source's last message, which is read meanwhile.
+	var handed []*mwsv1.MovedStream
+	var handedErr error
+	handedIn := make(chan struct{})
+	go func() {
+		defer close(handedIn)
+		handed, handedErr = readHanded(st, s.cfg.MaxStreamsPerSession)
+	}()
+	streams, early := handedByMux(hdr.GetStreams(), in.standbys, handedIn)
+	if !early {
+		<-handedIn
+		if handedErr != nil {
+			return handedErr
+		}
+		streams = handed
+	}
 	rec := in.rec
 	ss := sessionFromRecord(rec, hdr.GetKeyHash())
-	for _, m := range hdr.GetStreams() {
-		if m.GetStreamId() == "" || !nameRE.MatchString(m.GetBackend()) {
-			return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "stream %q of backend %q", m.GetStreamId(), m.GetBackend())
-		}
-		ss.streams[m.GetStreamId()] = &relayState{id: m.GetStreamId(), backend: m.GetBackend(), epoch: m.GetEpoch()}
+	for _, m := range streams {
+		ss.streams[m.GetStreamId()] = &relayState{id: m.GetStreamId(), backend: m.GetBackend(), epoch: m.GetEpoch(),
+			pre: in.standbys[m.GetStreamId()]}
 	}
 	if err := s.checkSavepoint(ss, hdr.GetSavepoint()); err != nil {
 		return err
@@ -433,9 +477,31 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 		return rpcerr.New(codes.Aborted, "MOVE_ABORTED", "the move of session %s was aborted", ss.id)
 	}
 	if installErr != nil {
+		releaseStandbys(in.standbys)
 		s.moves.remove(in)
 		return installErr
 	}
+	if early {
+		// The source's word on the streams comes after the mux's.
+		<-handedIn
+		if handedErr == nil {
+			handedErr = s.mergeHanded(ss, handed)
+		}
+		if handedErr != nil {
+			s.answerLost(in, ss, from.Name, handedErr)
+			return handedErr
+		}
+	}
+	// A standby of a stream that did not come, and one whose device does
+	// not come in time, ends.
+	ss.mu.Lock()
+	for id, sb := range in.standbys {
+		if ss.streams[id] == nil {
+			sb.release()
+		}
+	}
+	ss.mu.Unlock()
+	time.AfterFunc(s.cfg.Cluster.MoveTokenTTL, func() { releaseStandbys(in.standbys) })
 	s.registry.seen(ss.user, ss.device)
 	s.replicas.drop(ss.id, 0)
 	// The source drops its replicas once it hears the session is here: a
@@ -445,21 +511,114 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	if err := s.replicate(st.Context(), ss); err != nil {
 		s.log.Warn("replicating a session moved in", "session", ss.id, "error", err)
 	}
-	if err := st.SendAndClose(&mwsv1.CompleteMoveResponse{Streams: int32(len(ss.streams)), Objects: int32(objs)}); err != nil {
-		// The source will not hear that the session is here: it keeps it,
-		// so this copy goes unless its device already took it.
-		s.moves.mu.Lock()
-		used := in.used
-		s.moves.mu.Unlock()
-		if !used && s.sessions.remove(ss.id) != nil {
-			s.moves.remove(in)
-			s.dropReplicas(ss)
-			s.log.Warn("move answer lost: the session stays at the source", "session", ss.id, "from", from.Name, "error", err)
-		}
+	ss.mu.Lock()
+	nstreams := len(ss.streams)
+	ss.mu.Unlock()
+	if err := st.SendAndClose(&mwsv1.CompleteMoveResponse{Streams: int32(nstreams), Objects: int32(objs)}); err != nil {
+		s.answerLost(in, ss, from.Name, err)
 		return err
 	}
 	s.log.Info("session moved in", "session", ss.id, "from", from.Name, "device", ss.device,
 		"streams", len(ss.streams), "objects", objs, "reason", in.reason)
+	return nil
+}
+
+// answerLost handles a move whose source will not hear that the session
+// is here (err says why): the source keeps it, so this copy goes unless its
+// device already took it.
+func (s *Server) answerLost(in *incoming, ss *session, from string, err error) {
+	s.moves.mu.Lock()
+	used := in.used
+	s.moves.mu.Unlock()
+	if !used && s.sessions.remove(ss.id) != nil {
+		releaseStandbys(in.standbys)
+		s.moves.remove(in)
+		s.dropReplicas(ss)
+		s.log.Warn("move answer lost: the session stays at the source", "session", ss.id, "from", from, "error", err)
+	}
+}
+
+// checkMovedStream checks a stream a move names.
+func checkMovedStream(m *mwsv1.MovedStream) error {
+	if m.GetStreamId() == "" || len(m.GetStreamId()) > 64 || !nameRE.MatchString(m.GetBackend()) {
+		return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "stream %q of backend %q", m.GetStreamId(), m.GetBackend())
+	}
+	return nil
+}
+
+// readHanded reads a move's last message, the handed streams, and the
+// call's end.
+func readHanded(st mwsv1.Peer_CompleteMoveServer, limit int) ([]*mwsv1.MovedStream, error) {
+	m, err := st.Recv()
+	if errors.Is(err, io.EOF) {
+		return nil, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "the move ended without its handed streams")
+	}
+	if err != nil {
+		return nil, err
+	}
+	h := m.GetHanded()
+	if h == nil {
+		return nil, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "the handed streams must follow the state's end")
+	}
+	if len(h.GetStreams()) > limit {
+		return nil, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "%d streams exceed %d", len(h.GetStreams()), limit)
+	}
+	for _, m := range h.GetStreams() {
+		if err := checkMovedStream(m); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+		if err == nil {
+			err = rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "the handed streams must be the last message")
+		}
+		return nil, err
+	}
+	return h.GetStreams(), nil
+}
+
+// handedByMux waits until the mux has handed every stream of want to this
+// MWS (its standby attach got it) and returns them at their new epochs. It
+// reports false at once when one cannot be known so (it has no standby,
+// or its attach failed), or when stop closes.
+func handedByMux(want []*mwsv1.MovedStream, standbys map[string]*standby, stop <-chan struct{}) ([]*mwsv1.MovedStream, bool) {
+	out := make([]*mwsv1.MovedStream, 0, len(want))
+	for _, m := range want {
+		sb := standbys[m.GetStreamId()]
+		if sb == nil {
+			return nil, false
+		}
+		select {
+		case <-sb.done:
+		case <-stop:
+			return nil, false
+		}
+		if sb.st == nil || sb.st.Epoch() != m.GetEpoch()+1 {
+			return nil, false
+		}
+		out = append(out, &mwsv1.MovedStream{StreamId: m.GetStreamId(), Backend: m.GetBackend(), Epoch: sb.st.Epoch()})
+	}
+	return out, true
+}
+
+// mergeHanded takes the source's list of handed streams into ss, installed
+// on the mux's word: a stream the source handed over that the header did
+// not name (it opened as the move began) joins the session. An epoch that
+// differs from the mux's is an error.
+func (s *Server) mergeHanded(ss *session, handed []*mwsv1.MovedStream) error {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, m := range handed {
+		r := ss.streams[m.GetStreamId()]
+		switch {
+		case r == nil && len(ss.streams) < s.cfg.MaxStreamsPerSession:
+			ss.streams[m.GetStreamId()] = &relayState{id: m.GetStreamId(), backend: m.GetBackend(), epoch: m.GetEpoch()}
+		case r == nil:
+			return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "stream %s exceeds %d streams", m.GetStreamId(), s.cfg.MaxStreamsPerSession)
+		case r.epoch != m.GetEpoch():
+			return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "stream %s: handed at epoch %d, the mux says %d", m.GetStreamId(), m.GetEpoch(), r.epoch)
+		}
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package mws
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"sync/atomic"
@@ -33,9 +34,30 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 	if open == nil {
 		return rpcerr.New(codes.InvalidArgument, "OPEN_REQUIRED", "the first message of Stream must be an Open")
 	}
-	ss, err := s.session(ctx, open.GetSessionId())
-	if err != nil {
-		return err
+	var ss *session
+	if tok := moveTokenOf(ctx); tok != "" {
+		// The device follows its session here and attaches again at once.
+		if open.GetStreamId() == "" {
+			return rpcerr.New(codes.InvalidArgument, "MOVE_TOKEN_ON_NEW_STREAM", "only a stream attaching again may carry a move token")
+		}
+		resp, mss, err := s.moveIn(ctx, &mwsv1.MoveInRequest{Token: tok, SessionId: open.GetSessionId()})
+		if err != nil {
+			return err
+		}
+		if err := ds.Send(&mwsv1.StreamResponse{Msg: &mwsv1.StreamResponse_MovedIn{MovedIn: resp}}); err != nil {
+			return err
+		}
+		mss.mu.Lock()
+		p := principal{user: mss.user, device: mss.device, token: sha256.Sum256([]byte(resp.GetCredential()))}
+		mss.mu.Unlock()
+		ctx = context.WithValue(ctx, principalKey{}, p)
+		ss = mss // the key the call carries is the one before the move
+
+	} else {
+		var err error
+		if ss, err = s.session(ctx, open.GetSessionId()); err != nil {
+			return err
+		}
 	}
 
 	var st *muxlink.Stream
@@ -61,11 +83,22 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 	} else {
 		ss.mu.Lock()
 		rs = ss.streams[open.GetStreamId()]
+		var pre *standby
+		var epoch uint64
+		if rs != nil {
+			pre, rs.pre, epoch = rs.pre, nil, rs.epoch
+		}
 		ss.mu.Unlock()
 		if rs == nil {
 			return rpcerr.New(codes.NotFound, "UNKNOWN_STREAM", "session %s has no stream %q", ss.id, open.GetStreamId())
 		}
-		st, err = s.mux.Attach(ctx, rs.id, rs.epoch)
+		if pre != nil {
+			// The channel a move opened ahead at the mux.
+			st = pre.take(ctx, epoch)
+		}
+		if st == nil {
+			st, err = s.mux.Attach(ctx, rs.id, epoch)
+		}
 		if err != nil {
 			if rpcerr.Code(err) == codes.NotFound {
 				ss.forgetStream(rs)
@@ -85,6 +118,7 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 	defer st.Detach()
 	ss.mu.Lock()
 	rs.active = true
+	leaving := ss.leavingLocked()
 	ss.mu.Unlock()
 	defer func() {
 		ss.mu.Lock()
@@ -148,6 +182,20 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 			}
 			if end {
 				return nil
+			}
+		case <-leaving:
+			// The session froze for a move: the device follows it now,
+			// while the mux hands the stream over; bytes not acknowledged
+			// here go again from there.
+			ss.mu.Lock()
+			var t *mwsv1.MoveTarget
+			if ss.move != nil && ss.move.frozen {
+				t = ss.move.target
+			}
+			leaving = ss.leavingLocked()
+			ss.mu.Unlock()
+			if t != nil {
+				return rpcerr.NewWithMeta(codes.Aborted, "STREAM_MOVED", moveMeta(t), "stream %s is moving to %s", rs.id, t.GetMws().GetName())
 			}
 		case <-ctx.Done():
 			return ctx.Err()

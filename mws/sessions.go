@@ -45,6 +45,11 @@ type session struct {
 	// zero while a move waits for it.
 	inflight int
 	quiet    chan struct{}
+	// leaving is closed when the session freezes for a move its device
+	// follows: the relays end then, telling the device where to go, so that
+	// it is on its way while the streams are handed over (nil until a relay
+	// asks for it).
+	leaving chan struct{}
 
 	// repl is the session's replication to its peers (replica.go).
 	repl replState
@@ -96,6 +101,9 @@ type relayState struct {
 	backend string
 	epoch   uint64
 	active  bool // a device Stream call is relaying it now
+	// pre is the channel a move's target opened ahead at the mux, for the
+	// stream's first relay here.
+	pre *standby
 }
 
 func (ss *session) info() *mwsv1.SessionInfo {
@@ -212,6 +220,15 @@ func (t *sessionTable) owned(p principal, id string) (*session, error) {
 	}
 	ss.lastUsed.Store(time.Now().UnixNano())
 	return ss, nil
+}
+
+// leavingLocked returns the channel closed when the session next freezes
+// for a move its device follows.
+func (ss *session) leavingLocked() <-chan struct{} {
+	if ss.leaving == nil {
+		ss.leaving = make(chan struct{})
+	}
+	return ss.leaving
 }
 
 // streamsSnapshot returns the session's streams.

@@ -81,11 +81,23 @@ func (c *Client) Open(ctx context.Context, backend, label string) (*Stream, erro
 // to it, or a takeover). The stream's channel lives until Detach, Close, or
 // a cut; ctx bounds only the attach itself.
 func (c *Client) Attach(ctx context.Context, id string, epoch uint64) (*Stream, error) {
+	return c.attach(ctx, &muxv1.Hello{StreamId: id, Epoch: epoch})
+}
+
+// AttachStandby attaches ahead to a stream that is at epoch and about to
+// be handed to this MWS: it returns when the handover is done, with the
+// stream at the new epoch (see Hello.standby). ctx bounds the wait.
+func (c *Client) AttachStandby(ctx context.Context, id string, epoch uint64) (*Stream, error) {
+	return c.attach(ctx, &muxv1.Hello{StreamId: id, Epoch: epoch, Standby: true})
+}
+
+func (c *Client) attach(ctx context.Context, hello *muxv1.Hello) (*Stream, error) {
+	id := hello.GetStreamId()
 	chCtx, cancel := context.WithCancel(context.Background())
 	stop := context.AfterFunc(ctx, cancel)
 	ac, err := c.api.Attach(chCtx)
 	if err == nil {
-		err = ac.Send(&muxv1.AttachRequest{Msg: &muxv1.AttachRequest_Hello{Hello: &muxv1.Hello{StreamId: id, Epoch: epoch}}})
+		err = ac.Send(&muxv1.AttachRequest{Msg: &muxv1.AttachRequest_Hello{Hello: hello}})
 		if errors.Is(err, io.EOF) {
 			err = nil // the mux ended the call: Recv returns its status
 		}
@@ -106,6 +118,7 @@ func (c *Client) Attach(ctx context.Context, id string, epoch uint64) (*Stream, 
 		cancel()
 		return nil, fmt.Errorf("muxlink: attach %s: first message is not Attached", id)
 	}
+	epoch := att.GetEpoch()
 	s := &Stream{
 		c: c, id: id, epoch: epoch, backend: att.Backend, ac: ac, cancel: cancel, detached: chCtx.Done(),
 		msgs: make(chan *muxv1.AttachResponse, 16), recvDone: make(chan struct{}),

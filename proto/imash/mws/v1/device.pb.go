@@ -364,7 +364,9 @@ func (x *MoveTarget) GetExpiresUnixNano() int64 {
 type MoveInRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// Without a token: the session and its current key.
+	// Without a token: the session and its current key. With a token, a
+	// session id, when given, must be the token's session (SESSION_MISMATCH,
+	// and the token stays valid).
 	SessionId     string `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	SessionKey    string `protobuf:"bytes,3,opt,name=session_key,json=sessionKey,proto3" json:"session_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2064,6 +2066,7 @@ type StreamResponse struct {
 	//	*StreamResponse_UpAck
 	//	*StreamResponse_Eof
 	//	*StreamResponse_Closed
+	//	*StreamResponse_MovedIn
 	Msg           isStreamResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2151,6 +2154,15 @@ func (x *StreamResponse) GetClosed() *StreamClosed {
 	return nil
 }
 
+func (x *StreamResponse) GetMovedIn() *MoveInResponse {
+	if x != nil {
+		if x, ok := x.Msg.(*StreamResponse_MovedIn); ok {
+			return x.MovedIn
+		}
+	}
+	return nil
+}
+
 type isStreamResponse_Msg interface {
 	isStreamResponse_Msg()
 }
@@ -2180,6 +2192,11 @@ type StreamResponse_Closed struct {
 	Closed *StreamClosed `protobuf:"bytes,5,opt,name=closed,proto3,oneof"`
 }
 
+type StreamResponse_MovedIn struct {
+	// The session moved in with the call's move token (first message).
+	MovedIn *MoveInResponse `protobuf:"bytes,6,opt,name=moved_in,json=movedIn,proto3,oneof"`
+}
+
 func (*StreamResponse_Opened) isStreamResponse_Msg() {}
 
 func (*StreamResponse_Data) isStreamResponse_Msg() {}
@@ -2189,6 +2206,8 @@ func (*StreamResponse_UpAck) isStreamResponse_Msg() {}
 func (*StreamResponse_Eof) isStreamResponse_Msg() {}
 
 func (*StreamResponse_Closed) isStreamResponse_Msg() {}
+
+func (*StreamResponse_MovedIn) isStreamResponse_Msg() {}
 
 type StreamOpened struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -2831,13 +2850,14 @@ const file_imash_mws_v1_device_proto_rawDesc = "" +
 	"\tStreamAck\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\"*\n" +
 	"\x10StreamCloseWrite\x12\x16\n" +
-	"\x06offset\x18\x01 \x01(\x04R\x06offset\"\x92\x02\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\"\xcd\x02\n" +
 	"\x0eStreamResponse\x124\n" +
 	"\x06opened\x18\x01 \x01(\v2\x1a.imash.mws.v1.StreamOpenedH\x00R\x06opened\x12.\n" +
 	"\x04data\x18\x02 \x01(\v2\x18.imash.mws.v1.StreamDataH\x00R\x04data\x120\n" +
 	"\x06up_ack\x18\x03 \x01(\v2\x17.imash.mws.v1.StreamAckH\x00R\x05upAck\x12+\n" +
 	"\x03eof\x18\x04 \x01(\v2\x17.imash.mws.v1.StreamEofH\x00R\x03eof\x124\n" +
-	"\x06closed\x18\x05 \x01(\v2\x1a.imash.mws.v1.StreamClosedH\x00R\x06closedB\x05\n" +
+	"\x06closed\x18\x05 \x01(\v2\x1a.imash.mws.v1.StreamClosedH\x00R\x06closed\x129\n" +
+	"\bmoved_in\x18\x06 \x01(\v2\x1c.imash.mws.v1.MoveInResponseH\x00R\amovedInB\x05\n" +
 	"\x03msg\"i\n" +
 	"\fStreamOpened\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x1f\n" +
@@ -2991,53 +3011,54 @@ var file_imash_mws_v1_device_proto_depIdxs = []int32{
 	33, // 19: imash.mws.v1.StreamResponse.up_ack:type_name -> imash.mws.v1.StreamAck
 	37, // 20: imash.mws.v1.StreamResponse.eof:type_name -> imash.mws.v1.StreamEof
 	38, // 21: imash.mws.v1.StreamResponse.closed:type_name -> imash.mws.v1.StreamClosed
-	42, // 22: imash.mws.v1.Event.connected:type_name -> imash.mws.v1.Connected
-	43, // 23: imash.mws.v1.Event.notice:type_name -> imash.mws.v1.Notice
-	46, // 24: imash.mws.v1.Event.offer:type_name -> imash.mws.v1.HandoffOffer
-	47, // 25: imash.mws.v1.Event.summary:type_name -> imash.mws.v1.StateSummary
-	41, // 26: imash.mws.v1.Event.probe:type_name -> imash.mws.v1.Probe
-	4,  // 27: imash.mws.v1.Event.moved:type_name -> imash.mws.v1.MoveTarget
-	1,  // 28: imash.mws.v1.Device.Login:input_type -> imash.mws.v1.LoginRequest
-	14, // 29: imash.mws.v1.Device.Logout:input_type -> imash.mws.v1.LogoutRequest
-	16, // 30: imash.mws.v1.Device.OpenSession:input_type -> imash.mws.v1.OpenSessionRequest
-	18, // 31: imash.mws.v1.Device.CloseSession:input_type -> imash.mws.v1.CloseSessionRequest
-	20, // 32: imash.mws.v1.Device.ListSessions:input_type -> imash.mws.v1.ListSessionsRequest
-	23, // 33: imash.mws.v1.Device.ListBackends:input_type -> imash.mws.v1.ListBackendsRequest
-	26, // 34: imash.mws.v1.Device.Get:input_type -> imash.mws.v1.GetRequest
-	29, // 35: imash.mws.v1.Device.Stream:input_type -> imash.mws.v1.StreamRequest
-	39, // 36: imash.mws.v1.Device.Events:input_type -> imash.mws.v1.EventsRequest
-	48, // 37: imash.mws.v1.Device.ListDevices:input_type -> imash.mws.v1.ListDevicesRequest
-	49, // 38: imash.mws.v1.Device.Handoff:input_type -> imash.mws.v1.HandoffClientMsg
-	50, // 39: imash.mws.v1.Device.AnswerOffer:input_type -> imash.mws.v1.AnswerOfferRequest
-	51, // 40: imash.mws.v1.Device.Resume:input_type -> imash.mws.v1.ResumeRequest
-	52, // 41: imash.mws.v1.Device.Reclaim:input_type -> imash.mws.v1.ReclaimRequest
-	5,  // 42: imash.mws.v1.Device.MoveIn:input_type -> imash.mws.v1.MoveInRequest
-	7,  // 43: imash.mws.v1.Device.Ping:input_type -> imash.mws.v1.PingRequest
-	9,  // 44: imash.mws.v1.Device.ProbeReply:input_type -> imash.mws.v1.ProbeReplyRequest
-	12, // 45: imash.mws.v1.Device.ReportPaths:input_type -> imash.mws.v1.ReportPathsRequest
-	2,  // 46: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
-	15, // 47: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
-	17, // 48: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
-	19, // 49: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
-	22, // 50: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
-	25, // 51: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
-	28, // 52: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
-	35, // 53: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
-	40, // 54: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
-	53, // 55: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
-	54, // 56: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
-	55, // 57: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
-	56, // 58: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
-	57, // 59: imash.mws.v1.Device.Reclaim:output_type -> imash.mws.v1.ReclaimResponse
-	6,  // 60: imash.mws.v1.Device.MoveIn:output_type -> imash.mws.v1.MoveInResponse
-	8,  // 61: imash.mws.v1.Device.Ping:output_type -> imash.mws.v1.PingResponse
-	10, // 62: imash.mws.v1.Device.ProbeReply:output_type -> imash.mws.v1.ProbeReplyResponse
-	13, // 63: imash.mws.v1.Device.ReportPaths:output_type -> imash.mws.v1.ReportPathsResponse
-	46, // [46:64] is the sub-list for method output_type
-	28, // [28:46] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	6,  // 22: imash.mws.v1.StreamResponse.moved_in:type_name -> imash.mws.v1.MoveInResponse
+	42, // 23: imash.mws.v1.Event.connected:type_name -> imash.mws.v1.Connected
+	43, // 24: imash.mws.v1.Event.notice:type_name -> imash.mws.v1.Notice
+	46, // 25: imash.mws.v1.Event.offer:type_name -> imash.mws.v1.HandoffOffer
+	47, // 26: imash.mws.v1.Event.summary:type_name -> imash.mws.v1.StateSummary
+	41, // 27: imash.mws.v1.Event.probe:type_name -> imash.mws.v1.Probe
+	4,  // 28: imash.mws.v1.Event.moved:type_name -> imash.mws.v1.MoveTarget
+	1,  // 29: imash.mws.v1.Device.Login:input_type -> imash.mws.v1.LoginRequest
+	14, // 30: imash.mws.v1.Device.Logout:input_type -> imash.mws.v1.LogoutRequest
+	16, // 31: imash.mws.v1.Device.OpenSession:input_type -> imash.mws.v1.OpenSessionRequest
+	18, // 32: imash.mws.v1.Device.CloseSession:input_type -> imash.mws.v1.CloseSessionRequest
+	20, // 33: imash.mws.v1.Device.ListSessions:input_type -> imash.mws.v1.ListSessionsRequest
+	23, // 34: imash.mws.v1.Device.ListBackends:input_type -> imash.mws.v1.ListBackendsRequest
+	26, // 35: imash.mws.v1.Device.Get:input_type -> imash.mws.v1.GetRequest
+	29, // 36: imash.mws.v1.Device.Stream:input_type -> imash.mws.v1.StreamRequest
+	39, // 37: imash.mws.v1.Device.Events:input_type -> imash.mws.v1.EventsRequest
+	48, // 38: imash.mws.v1.Device.ListDevices:input_type -> imash.mws.v1.ListDevicesRequest
+	49, // 39: imash.mws.v1.Device.Handoff:input_type -> imash.mws.v1.HandoffClientMsg
+	50, // 40: imash.mws.v1.Device.AnswerOffer:input_type -> imash.mws.v1.AnswerOfferRequest
+	51, // 41: imash.mws.v1.Device.Resume:input_type -> imash.mws.v1.ResumeRequest
+	52, // 42: imash.mws.v1.Device.Reclaim:input_type -> imash.mws.v1.ReclaimRequest
+	5,  // 43: imash.mws.v1.Device.MoveIn:input_type -> imash.mws.v1.MoveInRequest
+	7,  // 44: imash.mws.v1.Device.Ping:input_type -> imash.mws.v1.PingRequest
+	9,  // 45: imash.mws.v1.Device.ProbeReply:input_type -> imash.mws.v1.ProbeReplyRequest
+	12, // 46: imash.mws.v1.Device.ReportPaths:input_type -> imash.mws.v1.ReportPathsRequest
+	2,  // 47: imash.mws.v1.Device.Login:output_type -> imash.mws.v1.LoginResponse
+	15, // 48: imash.mws.v1.Device.Logout:output_type -> imash.mws.v1.LogoutResponse
+	17, // 49: imash.mws.v1.Device.OpenSession:output_type -> imash.mws.v1.OpenSessionResponse
+	19, // 50: imash.mws.v1.Device.CloseSession:output_type -> imash.mws.v1.CloseSessionResponse
+	22, // 51: imash.mws.v1.Device.ListSessions:output_type -> imash.mws.v1.ListSessionsResponse
+	25, // 52: imash.mws.v1.Device.ListBackends:output_type -> imash.mws.v1.ListBackendsResponse
+	28, // 53: imash.mws.v1.Device.Get:output_type -> imash.mws.v1.GetResponse
+	35, // 54: imash.mws.v1.Device.Stream:output_type -> imash.mws.v1.StreamResponse
+	40, // 55: imash.mws.v1.Device.Events:output_type -> imash.mws.v1.Event
+	53, // 56: imash.mws.v1.Device.ListDevices:output_type -> imash.mws.v1.ListDevicesResponse
+	54, // 57: imash.mws.v1.Device.Handoff:output_type -> imash.mws.v1.HandoffServerMsg
+	55, // 58: imash.mws.v1.Device.AnswerOffer:output_type -> imash.mws.v1.AnswerOfferResponse
+	56, // 59: imash.mws.v1.Device.Resume:output_type -> imash.mws.v1.ResumeResponse
+	57, // 60: imash.mws.v1.Device.Reclaim:output_type -> imash.mws.v1.ReclaimResponse
+	6,  // 61: imash.mws.v1.Device.MoveIn:output_type -> imash.mws.v1.MoveInResponse
+	8,  // 62: imash.mws.v1.Device.Ping:output_type -> imash.mws.v1.PingResponse
+	10, // 63: imash.mws.v1.Device.ProbeReply:output_type -> imash.mws.v1.ProbeReplyResponse
+	13, // 64: imash.mws.v1.Device.ReportPaths:output_type -> imash.mws.v1.ReportPathsResponse
+	47, // [47:65] is the sub-list for method output_type
+	29, // [29:47] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_imash_mws_v1_device_proto_init() }
@@ -3063,6 +3084,7 @@ func file_imash_mws_v1_device_proto_init() {
 		(*StreamResponse_UpAck)(nil),
 		(*StreamResponse_Eof)(nil),
 		(*StreamResponse_Closed)(nil),
+		(*StreamResponse_MovedIn)(nil),
 	}
 	file_imash_mws_v1_device_proto_msgTypes[39].OneofWrappers = []any{
 		(*Event_Connected)(nil),

@@ -82,6 +82,13 @@ type DeviceClient interface {
 	// acknowledges what it has received and the MWS forgets (commits) server
 	// bytes only once acknowledged, so a later move of the session loses
 	// nothing.
+	//
+	// A device following a moved session may attach its stream again at the
+	// MWS the session moved to in the same call that moves it in: it sends
+	// the move token in the "imash-move-token" metadata instead of a bearer
+	// credential. The MWS then does what MoveIn does and answers MovedIn (the
+	// credential and the new session key) before anything else, and then
+	// Opened or the call's error.
 	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRequest, StreamResponse], error)
 	// Events is this device's server-push channel (handoff invitations and
 	// offers arrive here). One per device; a new call replaces the old one.
@@ -385,6 +392,13 @@ type DeviceServer interface {
 	// acknowledges what it has received and the MWS forgets (commits) server
 	// bytes only once acknowledged, so a later move of the session loses
 	// nothing.
+	//
+	// A device following a moved session may attach its stream again at the
+	// MWS the session moved to in the same call that moves it in: it sends
+	// the move token in the "imash-move-token" metadata instead of a bearer
+	// credential. The MWS then does what MoveIn does and answers MovedIn (the
+	// credential and the new session key) before anything else, and then
+	// Opened or the call's error.
 	Stream(grpc.BidiStreamingServer[StreamRequest, StreamResponse]) error
 	// Events is this device's server-push channel (handoff invitations and
 	// offers arrive here). One per device; a new call replaces the old one.

@@ -150,7 +150,11 @@ type PrepareMoveRequest struct {
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The device's profile documents at the source, so the target adapts for
 	// it as the source did.
-	Profiles      [][]byte `protobuf:"bytes,3,rep,name=profiles,proto3" json:"profiles,omitempty"`
+	Profiles [][]byte `protobuf:"bytes,3,rep,name=profiles,proto3" json:"profiles,omitempty"`
+	// The session's legacy streams with their current epochs at the mux. The
+	// target attaches to each as a standby (mux Hello.standby), so that its
+	// channel is open the moment the mux hands the stream over.
+	Streams       []*MovedStream `protobuf:"bytes,4,rep,name=streams,proto3" json:"streams,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -202,6 +206,13 @@ func (x *PrepareMoveRequest) GetReason() string {
 func (x *PrepareMoveRequest) GetProfiles() [][]byte {
 	if x != nil {
 		return x.Profiles
+	}
+	return nil
+}
+
+func (x *PrepareMoveRequest) GetStreams() []*MovedStream {
+	if x != nil {
+		return x.Streams
 	}
 	return nil
 }
@@ -328,9 +339,10 @@ func (x *MovedStream) GetEpoch() uint64 {
 }
 
 type CompleteMoveHeader struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	MoveId  string                 `protobuf:"bytes,1,opt,name=move_id,json=moveId,proto3" json:"move_id,omitempty"`
-	Streams []*MovedStream         `protobuf:"bytes,2,rep,name=streams,proto3" json:"streams,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	MoveId string                 `protobuf:"bytes,1,opt,name=move_id,json=moveId,proto3" json:"move_id,omitempty"`
+	// The streams being handed over, at their epochs before the handover.
+	Streams []*MovedStream `protobuf:"bytes,2,rep,name=streams,proto3" json:"streams,omitempty"`
 	// The stored savepoint, element by element.
 	Savepoint []*Element `protobuf:"bytes,3,rep,name=savepoint,proto3" json:"savepoint,omitempty"`
 	// The session key's hash now (it may have rotated since PrepareMove).
@@ -499,6 +511,8 @@ type CompleteMoveMsg struct {
 	//
 	//	*CompleteMoveMsg_Header
 	//	*CompleteMoveMsg_Object
+	//	*CompleteMoveMsg_Handed
+	//	*CompleteMoveMsg_StateEnd
 	Msg           isCompleteMoveMsg_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -559,6 +573,24 @@ func (x *CompleteMoveMsg) GetObject() *ShippedObject {
 	return nil
 }
 
+func (x *CompleteMoveMsg) GetHanded() *HandedStreams {
+	if x != nil {
+		if x, ok := x.Msg.(*CompleteMoveMsg_Handed); ok {
+			return x.Handed
+		}
+	}
+	return nil
+}
+
+func (x *CompleteMoveMsg) GetStateEnd() *StateEnd {
+	if x != nil {
+		if x, ok := x.Msg.(*CompleteMoveMsg_StateEnd); ok {
+			return x.StateEnd
+		}
+	}
+	return nil
+}
+
 type isCompleteMoveMsg_Msg interface {
 	isCompleteMoveMsg_Msg()
 }
@@ -571,9 +603,107 @@ type CompleteMoveMsg_Object struct {
 	Object *ShippedObject `protobuf:"bytes,2,opt,name=object,proto3,oneof"`
 }
 
+type CompleteMoveMsg_Handed struct {
+	// The streams handed over at the mux, with their new epochs; the last
+	// message.
+	Handed *HandedStreams `protobuf:"bytes,3,opt,name=handed,proto3,oneof"`
+}
+
+type CompleteMoveMsg_StateEnd struct {
+	// The objects are all sent; the handed streams follow. The target may
+	// install the session before they arrive when its standby attaches
+	// to every stream of the header have been handed the streams by the
+	// mux (the mux's word is the handover's).
+	StateEnd *StateEnd `protobuf:"bytes,4,opt,name=state_end,json=stateEnd,proto3,oneof"`
+}
+
 func (*CompleteMoveMsg_Header) isCompleteMoveMsg_Msg() {}
 
 func (*CompleteMoveMsg_Object) isCompleteMoveMsg_Msg() {}
+
+func (*CompleteMoveMsg_Handed) isCompleteMoveMsg_Msg() {}
+
+func (*CompleteMoveMsg_StateEnd) isCompleteMoveMsg_Msg() {}
+
+type StateEnd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateEnd) Reset() {
+	*x = StateEnd{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateEnd) ProtoMessage() {}
+
+func (x *StateEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateEnd.ProtoReflect.Descriptor instead.
+func (*StateEnd) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{7}
+}
+
+type HandedStreams struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Streams       []*MovedStream         `protobuf:"bytes,1,rep,name=streams,proto3" json:"streams,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandedStreams) Reset() {
+	*x = HandedStreams{}
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandedStreams) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandedStreams) ProtoMessage() {}
+
+func (x *HandedStreams) ProtoReflect() protoreflect.Message {
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandedStreams.ProtoReflect.Descriptor instead.
+func (*HandedStreams) Descriptor() ([]byte, []int) {
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HandedStreams) GetStreams() []*MovedStream {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
 
 type CompleteMoveResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -585,7 +715,7 @@ type CompleteMoveResponse struct {
 
 func (x *CompleteMoveResponse) Reset() {
 	*x = CompleteMoveResponse{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[7]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +727,7 @@ func (x *CompleteMoveResponse) String() string {
 func (*CompleteMoveResponse) ProtoMessage() {}
 
 func (x *CompleteMoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[7]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +740,7 @@ func (x *CompleteMoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteMoveResponse.ProtoReflect.Descriptor instead.
 func (*CompleteMoveResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{7}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CompleteMoveResponse) GetStreams() int32 {
@@ -637,7 +767,7 @@ type AbortMoveRequest struct {
 
 func (x *AbortMoveRequest) Reset() {
 	*x = AbortMoveRequest{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[8]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +779,7 @@ func (x *AbortMoveRequest) String() string {
 func (*AbortMoveRequest) ProtoMessage() {}
 
 func (x *AbortMoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[8]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +792,7 @@ func (x *AbortMoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortMoveRequest.ProtoReflect.Descriptor instead.
 func (*AbortMoveRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{8}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AbortMoveRequest) GetMoveId() string {
@@ -687,7 +817,7 @@ type AbortMoveResponse struct {
 
 func (x *AbortMoveResponse) Reset() {
 	*x = AbortMoveResponse{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[9]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +829,7 @@ func (x *AbortMoveResponse) String() string {
 func (*AbortMoveResponse) ProtoMessage() {}
 
 func (x *AbortMoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[9]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +842,7 @@ func (x *AbortMoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortMoveResponse.ProtoReflect.Descriptor instead.
 func (*AbortMoveResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{9}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{11}
 }
 
 type LoadRequest struct {
@@ -723,7 +853,7 @@ type LoadRequest struct {
 
 func (x *LoadRequest) Reset() {
 	*x = LoadRequest{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[10]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +865,7 @@ func (x *LoadRequest) String() string {
 func (*LoadRequest) ProtoMessage() {}
 
 func (x *LoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[10]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +878,7 @@ func (x *LoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadRequest.ProtoReflect.Descriptor instead.
 func (*LoadRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{10}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{12}
 }
 
 type LoadResponse struct {
@@ -763,7 +893,7 @@ type LoadResponse struct {
 
 func (x *LoadResponse) Reset() {
 	*x = LoadResponse{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[11]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +905,7 @@ func (x *LoadResponse) String() string {
 func (*LoadResponse) ProtoMessage() {}
 
 func (x *LoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[11]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +918,7 @@ func (x *LoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadResponse.ProtoReflect.Descriptor instead.
 func (*LoadResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{11}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LoadResponse) GetMws() string {
@@ -829,7 +959,7 @@ type MoveRequest struct {
 
 func (x *MoveRequest) Reset() {
 	*x = MoveRequest{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[12]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +971,7 @@ func (x *MoveRequest) String() string {
 func (*MoveRequest) ProtoMessage() {}
 
 func (x *MoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[12]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +984,7 @@ func (x *MoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveRequest.ProtoReflect.Descriptor instead.
 func (*MoveRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{12}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MoveRequest) GetSessionId() string {
@@ -881,7 +1011,7 @@ type MoveResponse struct {
 
 func (x *MoveResponse) Reset() {
 	*x = MoveResponse{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[13]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +1023,7 @@ func (x *MoveResponse) String() string {
 func (*MoveResponse) ProtoMessage() {}
 
 func (x *MoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[13]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1036,7 @@ func (x *MoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveResponse.ProtoReflect.Descriptor instead.
 func (*MoveResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{13}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MoveResponse) GetTo() string {
@@ -939,7 +1069,7 @@ type MoveTimings struct {
 
 func (x *MoveTimings) Reset() {
 	*x = MoveTimings{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[14]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1081,7 @@ func (x *MoveTimings) String() string {
 func (*MoveTimings) ProtoMessage() {}
 
 func (x *MoveTimings) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[14]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1094,7 @@ func (x *MoveTimings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveTimings.ProtoReflect.Descriptor instead.
 func (*MoveTimings) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{14}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MoveTimings) GetPrepareUs() int64 {
@@ -1018,7 +1148,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[15]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1160,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[15]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1173,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{15}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DrainRequest) GetExit() bool {
@@ -1066,7 +1196,7 @@ type DrainProgress struct {
 
 func (x *DrainProgress) Reset() {
 	*x = DrainProgress{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[16]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1208,7 @@ func (x *DrainProgress) String() string {
 func (*DrainProgress) ProtoMessage() {}
 
 func (x *DrainProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[16]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1221,7 @@ func (x *DrainProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainProgress.ProtoReflect.Descriptor instead.
 func (*DrainProgress) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{16}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DrainProgress) GetMoved() int32 {
@@ -1137,7 +1267,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[17]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1279,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[17]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1292,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{17}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{19}
 }
 
 type Member struct {
@@ -1180,7 +1310,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[18]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1322,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[18]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1335,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{18}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Member) GetName() string {
@@ -1266,7 +1396,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[19]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1408,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[19]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1421,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{19}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -1317,7 +1447,7 @@ type FashStart struct {
 
 func (x *FashStart) Reset() {
 	*x = FashStart{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[20]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1459,7 @@ func (x *FashStart) String() string {
 func (*FashStart) ProtoMessage() {}
 
 func (x *FashStart) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[20]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1472,7 @@ func (x *FashStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FashStart.ProtoReflect.Descriptor instead.
 func (*FashStart) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{20}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FashStart) GetHandoffId() string {
@@ -1404,7 +1534,7 @@ type FashState struct {
 
 func (x *FashState) Reset() {
 	*x = FashState{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[21]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1416,7 +1546,7 @@ func (x *FashState) String() string {
 func (*FashState) ProtoMessage() {}
 
 func (x *FashState) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[21]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1429,7 +1559,7 @@ func (x *FashState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FashState.ProtoReflect.Descriptor instead.
 func (*FashState) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{21}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FashState) GetMoveId() string {
@@ -1452,7 +1582,7 @@ type FashMsg struct {
 
 func (x *FashMsg) Reset() {
 	*x = FashMsg{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[22]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1594,7 @@ func (x *FashMsg) String() string {
 func (*FashMsg) ProtoMessage() {}
 
 func (x *FashMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[22]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1607,7 @@ func (x *FashMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FashMsg.ProtoReflect.Descriptor instead.
 func (*FashMsg) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{22}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FashMsg) GetMsg() isFashMsg_Msg {
@@ -1531,7 +1661,7 @@ type FashAnswer struct {
 
 func (x *FashAnswer) Reset() {
 	*x = FashAnswer{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[23]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1543,7 +1673,7 @@ func (x *FashAnswer) String() string {
 func (*FashAnswer) ProtoMessage() {}
 
 func (x *FashAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[23]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1556,7 +1686,7 @@ func (x *FashAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FashAnswer.ProtoReflect.Descriptor instead.
 func (*FashAnswer) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{23}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FashAnswer) GetAccept() bool {
@@ -1582,7 +1712,7 @@ type FashParked struct {
 
 func (x *FashParked) Reset() {
 	*x = FashParked{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[24]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1724,7 @@ func (x *FashParked) String() string {
 func (*FashParked) ProtoMessage() {}
 
 func (x *FashParked) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[24]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1737,7 @@ func (x *FashParked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FashParked.ProtoReflect.Descriptor instead.
 func (*FashParked) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{24}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FashParked) GetExpiresUnixNano() int64 {
@@ -1626,7 +1756,7 @@ type FashDone struct {
 
 func (x *FashDone) Reset() {
 	*x = FashDone{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[25]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1768,7 @@ func (x *FashDone) String() string {
 func (*FashDone) ProtoMessage() {}
 
 func (x *FashDone) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[25]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1781,7 @@ func (x *FashDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FashDone.ProtoReflect.Descriptor instead.
 func (*FashDone) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{25}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FashDone) GetTimings() *HandoffTimings {
@@ -1675,7 +1805,7 @@ type FashReply struct {
 
 func (x *FashReply) Reset() {
 	*x = FashReply{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[26]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +1817,7 @@ func (x *FashReply) String() string {
 func (*FashReply) ProtoMessage() {}
 
 func (x *FashReply) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[26]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +1830,7 @@ func (x *FashReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FashReply.ProtoReflect.Descriptor instead.
 func (*FashReply) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{26}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FashReply) GetMsg() isFashReply_Msg {
@@ -1773,7 +1903,7 @@ type ReplicaHeader struct {
 
 func (x *ReplicaHeader) Reset() {
 	*x = ReplicaHeader{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[27]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1915,7 @@ func (x *ReplicaHeader) String() string {
 func (*ReplicaHeader) ProtoMessage() {}
 
 func (x *ReplicaHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[27]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1928,7 @@ func (x *ReplicaHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaHeader.ProtoReflect.Descriptor instead.
 func (*ReplicaHeader) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{27}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReplicaHeader) GetSession() *SessionRecord {
@@ -1842,7 +1972,7 @@ type ReplicaMsg struct {
 
 func (x *ReplicaMsg) Reset() {
 	*x = ReplicaMsg{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[28]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +1984,7 @@ func (x *ReplicaMsg) String() string {
 func (*ReplicaMsg) ProtoMessage() {}
 
 func (x *ReplicaMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[28]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +1997,7 @@ func (x *ReplicaMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaMsg.ProtoReflect.Descriptor instead.
 func (*ReplicaMsg) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{28}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReplicaMsg) GetMsg() isReplicaMsg_Msg {
@@ -1922,7 +2052,7 @@ type ReplicateResponse struct {
 
 func (x *ReplicateResponse) Reset() {
 	*x = ReplicateResponse{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[29]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2064,7 @@ func (x *ReplicateResponse) String() string {
 func (*ReplicateResponse) ProtoMessage() {}
 
 func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[29]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2077,7 @@ func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicateResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{29}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReplicateResponse) GetMissing() []string {
@@ -1967,7 +2097,7 @@ type DropReplicaRequest struct {
 
 func (x *DropReplicaRequest) Reset() {
 	*x = DropReplicaRequest{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[30]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1979,7 +2109,7 @@ func (x *DropReplicaRequest) String() string {
 func (*DropReplicaRequest) ProtoMessage() {}
 
 func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[30]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1992,7 +2122,7 @@ func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DropReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{30}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DropReplicaRequest) GetSessionId() string {
@@ -2017,7 +2147,7 @@ type DropReplicaResponse struct {
 
 func (x *DropReplicaResponse) Reset() {
 	*x = DropReplicaResponse{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[31]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2159,7 @@ func (x *DropReplicaResponse) String() string {
 func (*DropReplicaResponse) ProtoMessage() {}
 
 func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[31]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2172,7 @@ func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DropReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{31}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{33}
 }
 
 type ShipObjectsMsg struct {
@@ -2058,7 +2188,7 @@ type ShipObjectsMsg struct {
 
 func (x *ShipObjectsMsg) Reset() {
 	*x = ShipObjectsMsg{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[32]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2200,7 @@ func (x *ShipObjectsMsg) String() string {
 func (*ShipObjectsMsg) ProtoMessage() {}
 
 func (x *ShipObjectsMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[32]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2213,7 @@ func (x *ShipObjectsMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShipObjectsMsg.ProtoReflect.Descriptor instead.
 func (*ShipObjectsMsg) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{32}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ShipObjectsMsg) GetMsg() isShipObjectsMsg_Msg {
@@ -2136,7 +2266,7 @@ type ShipObjectsResponse struct {
 
 func (x *ShipObjectsResponse) Reset() {
 	*x = ShipObjectsResponse{}
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[33]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2278,7 @@ func (x *ShipObjectsResponse) String() string {
 func (*ShipObjectsResponse) ProtoMessage() {}
 
 func (x *ShipObjectsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_imash_mws_v1_peer_proto_msgTypes[33]
+	mi := &file_imash_mws_v1_peer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,7 +2291,7 @@ func (x *ShipObjectsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShipObjectsResponse.ProtoReflect.Descriptor instead.
 func (*ShipObjectsResponse) Descriptor() ([]byte, []int) {
-	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{33}
+	return file_imash_mws_v1_peer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ShipObjectsResponse) GetObjects() int32 {
@@ -2185,11 +2315,12 @@ const file_imash_mws_v1_peer_proto_rawDesc = "" +
 	"\x06device\x18\x05 \x01(\tR\x06device\x12*\n" +
 	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12\x19\n" +
 	"\bkey_hash\x18\a \x01(\fR\akeyHash\x12\x18\n" +
-	"\aobjects\x18\b \x03(\tR\aobjects\"\x7f\n" +
+	"\aobjects\x18\b \x03(\tR\aobjects\"\xb4\x01\n" +
 	"\x12PrepareMoveRequest\x125\n" +
 	"\asession\x18\x01 \x01(\v2\x1b.imash.mws.v1.SessionRecordR\asession\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +
-	"\bprofiles\x18\x03 \x03(\fR\bprofiles\"{\n" +
+	"\bprofiles\x18\x03 \x03(\fR\bprofiles\x123\n" +
+	"\astreams\x18\x04 \x03(\v2\x19.imash.mws.v1.MovedStreamR\astreams\"{\n" +
 	"\x13PrepareMoveResponse\x12\x17\n" +
 	"\amove_id\x18\x01 \x01(\tR\x06moveId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x125\n" +
@@ -2213,11 +2344,17 @@ const file_imash_mws_v1_peer_proto_rawDesc = "" +
 	"\x04last\x18\x06 \x01(\bR\x04last\x1a9\n" +
 	"\vHeaderEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf9\x01\n" +
 	"\x0fCompleteMoveMsg\x12:\n" +
 	"\x06header\x18\x01 \x01(\v2 .imash.mws.v1.CompleteMoveHeaderH\x00R\x06header\x125\n" +
-	"\x06object\x18\x02 \x01(\v2\x1b.imash.mws.v1.ShippedObjectH\x00R\x06objectB\x05\n" +
-	"\x03msg\"J\n" +
+	"\x06object\x18\x02 \x01(\v2\x1b.imash.mws.v1.ShippedObjectH\x00R\x06object\x125\n" +
+	"\x06handed\x18\x03 \x01(\v2\x1b.imash.mws.v1.HandedStreamsH\x00R\x06handed\x125\n" +
+	"\tstate_end\x18\x04 \x01(\v2\x16.imash.mws.v1.StateEndH\x00R\bstateEndB\x05\n" +
+	"\x03msg\"\n" +
+	"\n" +
+	"\bStateEnd\"D\n" +
+	"\rHandedStreams\x123\n" +
+	"\astreams\x18\x01 \x03(\v2\x19.imash.mws.v1.MovedStreamR\astreams\"J\n" +
 	"\x14CompleteMoveResponse\x12\x18\n" +
 	"\astreams\x18\x01 \x01(\x05R\astreams\x12\x18\n" +
 	"\aobjects\x18\x02 \x01(\x05R\aobjects\"C\n" +
@@ -2348,7 +2485,7 @@ func file_imash_mws_v1_peer_proto_rawDescGZIP() []byte {
 	return file_imash_mws_v1_peer_proto_rawDescData
 }
 
-var file_imash_mws_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_imash_mws_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_imash_mws_v1_peer_proto_goTypes = []any{
 	(*SessionRecord)(nil),        // 0: imash.mws.v1.SessionRecord
 	(*PrepareMoveRequest)(nil),   // 1: imash.mws.v1.PrepareMoveRequest
@@ -2357,85 +2494,91 @@ var file_imash_mws_v1_peer_proto_goTypes = []any{
 	(*CompleteMoveHeader)(nil),   // 4: imash.mws.v1.CompleteMoveHeader
 	(*ShippedObject)(nil),        // 5: imash.mws.v1.ShippedObject
 	(*CompleteMoveMsg)(nil),      // 6: imash.mws.v1.CompleteMoveMsg
-	(*CompleteMoveResponse)(nil), // 7: imash.mws.v1.CompleteMoveResponse
-	(*AbortMoveRequest)(nil),     // 8: imash.mws.v1.AbortMoveRequest
-	(*AbortMoveResponse)(nil),    // 9: imash.mws.v1.AbortMoveResponse
-	(*LoadRequest)(nil),          // 10: imash.mws.v1.LoadRequest
-	(*LoadResponse)(nil),         // 11: imash.mws.v1.LoadResponse
-	(*MoveRequest)(nil),          // 12: imash.mws.v1.MoveRequest
-	(*MoveResponse)(nil),         // 13: imash.mws.v1.MoveResponse
-	(*MoveTimings)(nil),          // 14: imash.mws.v1.MoveTimings
-	(*DrainRequest)(nil),         // 15: imash.mws.v1.DrainRequest
-	(*DrainProgress)(nil),        // 16: imash.mws.v1.DrainProgress
-	(*MembersRequest)(nil),       // 17: imash.mws.v1.MembersRequest
-	(*Member)(nil),               // 18: imash.mws.v1.Member
-	(*MembersResponse)(nil),      // 19: imash.mws.v1.MembersResponse
-	(*FashStart)(nil),            // 20: imash.mws.v1.FashStart
-	(*FashState)(nil),            // 21: imash.mws.v1.FashState
-	(*FashMsg)(nil),              // 22: imash.mws.v1.FashMsg
-	(*FashAnswer)(nil),           // 23: imash.mws.v1.FashAnswer
-	(*FashParked)(nil),           // 24: imash.mws.v1.FashParked
-	(*FashDone)(nil),             // 25: imash.mws.v1.FashDone
-	(*FashReply)(nil),            // 26: imash.mws.v1.FashReply
-	(*ReplicaHeader)(nil),        // 27: imash.mws.v1.ReplicaHeader
-	(*ReplicaMsg)(nil),           // 28: imash.mws.v1.ReplicaMsg
-	(*ReplicateResponse)(nil),    // 29: imash.mws.v1.ReplicateResponse
-	(*DropReplicaRequest)(nil),   // 30: imash.mws.v1.DropReplicaRequest
-	(*DropReplicaResponse)(nil),  // 31: imash.mws.v1.DropReplicaResponse
-	(*ShipObjectsMsg)(nil),       // 32: imash.mws.v1.ShipObjectsMsg
-	(*ShipObjectsResponse)(nil),  // 33: imash.mws.v1.ShipObjectsResponse
-	nil,                          // 34: imash.mws.v1.ShippedObject.HeaderEntry
-	(*Element)(nil),              // 35: imash.mws.v1.Element
-	(*HandoffTimings)(nil),       // 36: imash.mws.v1.HandoffTimings
+	(*StateEnd)(nil),             // 7: imash.mws.v1.StateEnd
+	(*HandedStreams)(nil),        // 8: imash.mws.v1.HandedStreams
+	(*CompleteMoveResponse)(nil), // 9: imash.mws.v1.CompleteMoveResponse
+	(*AbortMoveRequest)(nil),     // 10: imash.mws.v1.AbortMoveRequest
+	(*AbortMoveResponse)(nil),    // 11: imash.mws.v1.AbortMoveResponse
+	(*LoadRequest)(nil),          // 12: imash.mws.v1.LoadRequest
+	(*LoadResponse)(nil),         // 13: imash.mws.v1.LoadResponse
+	(*MoveRequest)(nil),          // 14: imash.mws.v1.MoveRequest
+	(*MoveResponse)(nil),         // 15: imash.mws.v1.MoveResponse
+	(*MoveTimings)(nil),          // 16: imash.mws.v1.MoveTimings
+	(*DrainRequest)(nil),         // 17: imash.mws.v1.DrainRequest
+	(*DrainProgress)(nil),        // 18: imash.mws.v1.DrainProgress
+	(*MembersRequest)(nil),       // 19: imash.mws.v1.MembersRequest
+	(*Member)(nil),               // 20: imash.mws.v1.Member
+	(*MembersResponse)(nil),      // 21: imash.mws.v1.MembersResponse
+	(*FashStart)(nil),            // 22: imash.mws.v1.FashStart
+	(*FashState)(nil),            // 23: imash.mws.v1.FashState
+	(*FashMsg)(nil),              // 24: imash.mws.v1.FashMsg
+	(*FashAnswer)(nil),           // 25: imash.mws.v1.FashAnswer
+	(*FashParked)(nil),           // 26: imash.mws.v1.FashParked
+	(*FashDone)(nil),             // 27: imash.mws.v1.FashDone
+	(*FashReply)(nil),            // 28: imash.mws.v1.FashReply
+	(*ReplicaHeader)(nil),        // 29: imash.mws.v1.ReplicaHeader
+	(*ReplicaMsg)(nil),           // 30: imash.mws.v1.ReplicaMsg
+	(*ReplicateResponse)(nil),    // 31: imash.mws.v1.ReplicateResponse
+	(*DropReplicaRequest)(nil),   // 32: imash.mws.v1.DropReplicaRequest
+	(*DropReplicaResponse)(nil),  // 33: imash.mws.v1.DropReplicaResponse
+	(*ShipObjectsMsg)(nil),       // 34: imash.mws.v1.ShipObjectsMsg
+	(*ShipObjectsResponse)(nil),  // 35: imash.mws.v1.ShipObjectsResponse
+	nil,                          // 36: imash.mws.v1.ShippedObject.HeaderEntry
+	(*Element)(nil),              // 37: imash.mws.v1.Element
+	(*HandoffTimings)(nil),       // 38: imash.mws.v1.HandoffTimings
 }
 var file_imash_mws_v1_peer_proto_depIdxs = []int32{
 	0,  // 0: imash.mws.v1.PrepareMoveRequest.session:type_name -> imash.mws.v1.SessionRecord
-	3,  // 1: imash.mws.v1.CompleteMoveHeader.streams:type_name -> imash.mws.v1.MovedStream
-	35, // 2: imash.mws.v1.CompleteMoveHeader.savepoint:type_name -> imash.mws.v1.Element
-	34, // 3: imash.mws.v1.ShippedObject.header:type_name -> imash.mws.v1.ShippedObject.HeaderEntry
-	4,  // 4: imash.mws.v1.CompleteMoveMsg.header:type_name -> imash.mws.v1.CompleteMoveHeader
-	5,  // 5: imash.mws.v1.CompleteMoveMsg.object:type_name -> imash.mws.v1.ShippedObject
-	14, // 6: imash.mws.v1.MoveResponse.timings:type_name -> imash.mws.v1.MoveTimings
-	18, // 7: imash.mws.v1.MembersResponse.members:type_name -> imash.mws.v1.Member
-	20, // 8: imash.mws.v1.FashMsg.start:type_name -> imash.mws.v1.FashStart
-	21, // 9: imash.mws.v1.FashMsg.state:type_name -> imash.mws.v1.FashState
-	36, // 10: imash.mws.v1.FashDone.timings:type_name -> imash.mws.v1.HandoffTimings
-	24, // 11: imash.mws.v1.FashReply.parked:type_name -> imash.mws.v1.FashParked
-	23, // 12: imash.mws.v1.FashReply.answer:type_name -> imash.mws.v1.FashAnswer
-	25, // 13: imash.mws.v1.FashReply.done:type_name -> imash.mws.v1.FashDone
-	0,  // 14: imash.mws.v1.ReplicaHeader.session:type_name -> imash.mws.v1.SessionRecord
-	3,  // 15: imash.mws.v1.ReplicaHeader.streams:type_name -> imash.mws.v1.MovedStream
-	35, // 16: imash.mws.v1.ReplicaHeader.savepoint:type_name -> imash.mws.v1.Element
-	27, // 17: imash.mws.v1.ReplicaMsg.header:type_name -> imash.mws.v1.ReplicaHeader
-	5,  // 18: imash.mws.v1.ReplicaMsg.object:type_name -> imash.mws.v1.ShippedObject
-	5,  // 19: imash.mws.v1.ShipObjectsMsg.object:type_name -> imash.mws.v1.ShippedObject
-	1,  // 20: imash.mws.v1.Peer.PrepareMove:input_type -> imash.mws.v1.PrepareMoveRequest
-	6,  // 21: imash.mws.v1.Peer.CompleteMove:input_type -> imash.mws.v1.CompleteMoveMsg
-	8,  // 22: imash.mws.v1.Peer.AbortMove:input_type -> imash.mws.v1.AbortMoveRequest
-	32, // 23: imash.mws.v1.Peer.ShipObjects:input_type -> imash.mws.v1.ShipObjectsMsg
-	10, // 24: imash.mws.v1.Peer.Load:input_type -> imash.mws.v1.LoadRequest
-	22, // 25: imash.mws.v1.Peer.Fash:input_type -> imash.mws.v1.FashMsg
-	28, // 26: imash.mws.v1.Peer.Replicate:input_type -> imash.mws.v1.ReplicaMsg
-	30, // 27: imash.mws.v1.Peer.DropReplica:input_type -> imash.mws.v1.DropReplicaRequest
-	12, // 28: imash.mws.v1.Operator.Move:input_type -> imash.mws.v1.MoveRequest
-	15, // 29: imash.mws.v1.Operator.Drain:input_type -> imash.mws.v1.DrainRequest
-	17, // 30: imash.mws.v1.Operator.Members:input_type -> imash.mws.v1.MembersRequest
-	2,  // 31: imash.mws.v1.Peer.PrepareMove:output_type -> imash.mws.v1.PrepareMoveResponse
-	7,  // 32: imash.mws.v1.Peer.CompleteMove:output_type -> imash.mws.v1.CompleteMoveResponse
-	9,  // 33: imash.mws.v1.Peer.AbortMove:output_type -> imash.mws.v1.AbortMoveResponse
-	33, // 34: imash.mws.v1.Peer.ShipObjects:output_type -> imash.mws.v1.ShipObjectsResponse
-	11, // 35: imash.mws.v1.Peer.Load:output_type -> imash.mws.v1.LoadResponse
-	26, // 36: imash.mws.v1.Peer.Fash:output_type -> imash.mws.v1.FashReply
-	29, // 37: imash.mws.v1.Peer.Replicate:output_type -> imash.mws.v1.ReplicateResponse
-	31, // 38: imash.mws.v1.Peer.DropReplica:output_type -> imash.mws.v1.DropReplicaResponse
-	13, // 39: imash.mws.v1.Operator.Move:output_type -> imash.mws.v1.MoveResponse
-	16, // 40: imash.mws.v1.Operator.Drain:output_type -> imash.mws.v1.DrainProgress
-	19, // 41: imash.mws.v1.Operator.Members:output_type -> imash.mws.v1.MembersResponse
-	31, // [31:42] is the sub-list for method output_type
-	20, // [20:31] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	3,  // 1: imash.mws.v1.PrepareMoveRequest.streams:type_name -> imash.mws.v1.MovedStream
+	3,  // 2: imash.mws.v1.CompleteMoveHeader.streams:type_name -> imash.mws.v1.MovedStream
+	37, // 3: imash.mws.v1.CompleteMoveHeader.savepoint:type_name -> imash.mws.v1.Element
+	36, // 4: imash.mws.v1.ShippedObject.header:type_name -> imash.mws.v1.ShippedObject.HeaderEntry
+	4,  // 5: imash.mws.v1.CompleteMoveMsg.header:type_name -> imash.mws.v1.CompleteMoveHeader
+	5,  // 6: imash.mws.v1.CompleteMoveMsg.object:type_name -> imash.mws.v1.ShippedObject
+	8,  // 7: imash.mws.v1.CompleteMoveMsg.handed:type_name -> imash.mws.v1.HandedStreams
+	7,  // 8: imash.mws.v1.CompleteMoveMsg.state_end:type_name -> imash.mws.v1.StateEnd
+	3,  // 9: imash.mws.v1.HandedStreams.streams:type_name -> imash.mws.v1.MovedStream
+	16, // 10: imash.mws.v1.MoveResponse.timings:type_name -> imash.mws.v1.MoveTimings
+	20, // 11: imash.mws.v1.MembersResponse.members:type_name -> imash.mws.v1.Member
+	22, // 12: imash.mws.v1.FashMsg.start:type_name -> imash.mws.v1.FashStart
+	23, // 13: imash.mws.v1.FashMsg.state:type_name -> imash.mws.v1.FashState
+	38, // 14: imash.mws.v1.FashDone.timings:type_name -> imash.mws.v1.HandoffTimings
+	26, // 15: imash.mws.v1.FashReply.parked:type_name -> imash.mws.v1.FashParked
+	25, // 16: imash.mws.v1.FashReply.answer:type_name -> imash.mws.v1.FashAnswer
+	27, // 17: imash.mws.v1.FashReply.done:type_name -> imash.mws.v1.FashDone
+	0,  // 18: imash.mws.v1.ReplicaHeader.session:type_name -> imash.mws.v1.SessionRecord
+	3,  // 19: imash.mws.v1.ReplicaHeader.streams:type_name -> imash.mws.v1.MovedStream
+	37, // 20: imash.mws.v1.ReplicaHeader.savepoint:type_name -> imash.mws.v1.Element
+	29, // 21: imash.mws.v1.ReplicaMsg.header:type_name -> imash.mws.v1.ReplicaHeader
+	5,  // 22: imash.mws.v1.ReplicaMsg.object:type_name -> imash.mws.v1.ShippedObject
+	5,  // 23: imash.mws.v1.ShipObjectsMsg.object:type_name -> imash.mws.v1.ShippedObject
+	1,  // 24: imash.mws.v1.Peer.PrepareMove:input_type -> imash.mws.v1.PrepareMoveRequest
+	6,  // 25: imash.mws.v1.Peer.CompleteMove:input_type -> imash.mws.v1.CompleteMoveMsg
+	10, // 26: imash.mws.v1.Peer.AbortMove:input_type -> imash.mws.v1.AbortMoveRequest
+	34, // 27: imash.mws.v1.Peer.ShipObjects:input_type -> imash.mws.v1.ShipObjectsMsg
+	12, // 28: imash.mws.v1.Peer.Load:input_type -> imash.mws.v1.LoadRequest
+	24, // 29: imash.mws.v1.Peer.Fash:input_type -> imash.mws.v1.FashMsg
+	30, // 30: imash.mws.v1.Peer.Replicate:input_type -> imash.mws.v1.ReplicaMsg
+	32, // 31: imash.mws.v1.Peer.DropReplica:input_type -> imash.mws.v1.DropReplicaRequest
+	14, // 32: imash.mws.v1.Operator.Move:input_type -> imash.mws.v1.MoveRequest
+	17, // 33: imash.mws.v1.Operator.Drain:input_type -> imash.mws.v1.DrainRequest
+	19, // 34: imash.mws.v1.Operator.Members:input_type -> imash.mws.v1.MembersRequest
+	2,  // 35: imash.mws.v1.Peer.PrepareMove:output_type -> imash.mws.v1.PrepareMoveResponse
+	9,  // 36: imash.mws.v1.Peer.CompleteMove:output_type -> imash.mws.v1.CompleteMoveResponse
+	11, // 37: imash.mws.v1.Peer.AbortMove:output_type -> imash.mws.v1.AbortMoveResponse
+	35, // 38: imash.mws.v1.Peer.ShipObjects:output_type -> imash.mws.v1.ShipObjectsResponse
+	13, // 39: imash.mws.v1.Peer.Load:output_type -> imash.mws.v1.LoadResponse
+	28, // 40: imash.mws.v1.Peer.Fash:output_type -> imash.mws.v1.FashReply
+	31, // 41: imash.mws.v1.Peer.Replicate:output_type -> imash.mws.v1.ReplicateResponse
+	33, // 42: imash.mws.v1.Peer.DropReplica:output_type -> imash.mws.v1.DropReplicaResponse
+	15, // 43: imash.mws.v1.Operator.Move:output_type -> imash.mws.v1.MoveResponse
+	18, // 44: imash.mws.v1.Operator.Drain:output_type -> imash.mws.v1.DrainProgress
+	21, // 45: imash.mws.v1.Operator.Members:output_type -> imash.mws.v1.MembersResponse
+	35, // [35:46] is the sub-list for method output_type
+	24, // [24:35] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_imash_mws_v1_peer_proto_init() }
@@ -2447,21 +2590,23 @@ func file_imash_mws_v1_peer_proto_init() {
 	file_imash_mws_v1_peer_proto_msgTypes[6].OneofWrappers = []any{
 		(*CompleteMoveMsg_Header)(nil),
 		(*CompleteMoveMsg_Object)(nil),
+		(*CompleteMoveMsg_Handed)(nil),
+		(*CompleteMoveMsg_StateEnd)(nil),
 	}
-	file_imash_mws_v1_peer_proto_msgTypes[22].OneofWrappers = []any{
+	file_imash_mws_v1_peer_proto_msgTypes[24].OneofWrappers = []any{
 		(*FashMsg_Start)(nil),
 		(*FashMsg_State)(nil),
 	}
-	file_imash_mws_v1_peer_proto_msgTypes[26].OneofWrappers = []any{
+	file_imash_mws_v1_peer_proto_msgTypes[28].OneofWrappers = []any{
 		(*FashReply_Parked)(nil),
 		(*FashReply_Answer)(nil),
 		(*FashReply_Done)(nil),
 	}
-	file_imash_mws_v1_peer_proto_msgTypes[28].OneofWrappers = []any{
+	file_imash_mws_v1_peer_proto_msgTypes[30].OneofWrappers = []any{
 		(*ReplicaMsg_Header)(nil),
 		(*ReplicaMsg_Object)(nil),
 	}
-	file_imash_mws_v1_peer_proto_msgTypes[32].OneofWrappers = []any{
+	file_imash_mws_v1_peer_proto_msgTypes[34].OneofWrappers = []any{
 		(*ShipObjectsMsg_MoveId)(nil),
 		(*ShipObjectsMsg_Object)(nil),
 	}
@@ -2471,7 +2616,7 @@ func file_imash_mws_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imash_mws_v1_peer_proto_rawDesc), len(file_imash_mws_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -57,8 +57,9 @@ type PeerClient interface {
 	// Unavailable (DRAINING), AlreadyExists (SESSION_EXISTS).
 	PrepareMove(ctx context.Context, in *PrepareMoveRequest, opts ...grpc.CallOption) (*PrepareMoveResponse, error)
 	// CompleteMove ships the session state for a prepared move; the first
-	// message is the header, object chunks follow. The session is this MWS's
-	// once the response says so.
+	// message is the header, object chunks follow, and last come the streams
+	// the mux handed over (the source ships while the mux hands them over).
+	// The session is this MWS's once the response says so.
 	CompleteMove(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[CompleteMoveMsg, CompleteMoveResponse], error)
 	// AbortMove forgets a prepared move (its skeleton). A completed move
 	// cannot be aborted (FailedPrecondition, MOVE_COMPLETED).
@@ -203,8 +204,9 @@ type PeerServer interface {
 	// Unavailable (DRAINING), AlreadyExists (SESSION_EXISTS).
 	PrepareMove(context.Context, *PrepareMoveRequest) (*PrepareMoveResponse, error)
 	// CompleteMove ships the session state for a prepared move; the first
-	// message is the header, object chunks follow. The session is this MWS's
-	// once the response says so.
+	// message is the header, object chunks follow, and last come the streams
+	// the mux handed over (the source ships while the mux hands them over).
+	// The session is this MWS's once the response says so.
 	CompleteMove(grpc.ClientStreamingServer[CompleteMoveMsg, CompleteMoveResponse]) error
 	// AbortMove forgets a prepared move (its skeleton). A completed move
 	// cannot be aborted (FailedPrecondition, MOVE_COMPLETED).

@@ -1,0 +1,258 @@
+package clientlib_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/imashproject/imash/clientlib"
+	"github.com/imashproject/imash/internal/pki"
+	"github.com/imashproject/imash/internal/rpcerr"
+	"github.com/imashproject/imash/mws/muxlink"
+	muxv1 "github.com/imashproject/imash/proto/imash/mux/v1"
+	mwsv1 "github.com/imashproject/imash/proto/imash/mws/v1"
+	"github.com/imashproject/imash/testbed/legacy"
+)
+
+// openWithToken opens a Stream call that moves its session in with tok and
+// returns its first answer.
+func openWithToken(ctx context.Context, d *rawDevice, tok string, open *mwsv1.StreamOpen) (*mwsv1.StreamResponse, error) {
+	ctx = metadata.AppendToOutgoingContext(ctx, "imash-move-token", tok)
+	st, err := d.api.Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: open}}); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return st.Recv()
+}
+
+// TestStreamMoveInBadInput: a Stream call that carries a move token is
+// refused with a typed error, before anything moves, when its Open opens a
+// new stream, names another session, or the token is unknown or too long.
+// The token still works afterwards, and other sessions are untouched.
+func TestStreamMoveInBadInput(t *testing.T) {
+	e := newMASHEnv(t, 1<<20, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := e.device(t, "laptop", 0)
+	sess, err := c.OpenSession(ctx, "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := c.OpenSession(ctx, "viewer") // stays on mws-1
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := e.set.Images()[0]
+	get := func(s *clientlib.Session) {
+		t.Helper()
+		obj, err := s.Get(ctx, "images", "/images/"+img.Name)
+		if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
+			t.Fatalf("session on %s: %v", s.MWS(), err)
+		}
+	}
+	get(sess)
+	at1, at2 := dialRaw(t, e, "laptop", 0), dialRaw(t, e, "laptop", 1)
+	at1.login(t, ctx)
+	if _, err := operatorAPI(t, e, 0).Move(ctx, &mwsv1.MoveRequest{SessionId: sess.ID(), To: "mws-2"}); err != nil {
+		t.Fatal(err)
+	}
+	tok := at1.redirect(t, ctx, sess.ID())["token"]
+
+	for _, tc := range []struct {
+		name   string
+		tok    string
+		open   *mwsv1.StreamOpen
+		code   codes.Code
+		reason string
+	}{
+		{"new stream", tok, &mwsv1.StreamOpen{SessionId: sess.ID(), Backend: "stream"}, codes.InvalidArgument, "MOVE_TOKEN_ON_NEW_STREAM"},
+		{"another session", tok, &mwsv1.StreamOpen{SessionId: other.ID(), StreamId: "s1"}, codes.InvalidArgument, "SESSION_MISMATCH"},
+		{"unknown token", "AAAA" + tok[4:], &mwsv1.StreamOpen{SessionId: sess.ID(), StreamId: "s1"}, codes.Unauthenticated, "BAD_MOVE_TOKEN"},
+		{"token too long", strings.Repeat("x", 300), &mwsv1.StreamOpen{SessionId: sess.ID(), StreamId: "s1"}, codes.InvalidArgument, "FIELD_TOO_LONG"},
+	} {
+		m, err := openWithToken(ctx, at2, tc.tok, tc.open)
+		if rpcerr.Code(err) != tc.code || rpcerr.Reason(err) != tc.reason {
+			t.Fatalf("%s: answer %v, error %v; want %v %s", tc.name, m, err, tc.code, tc.reason)
+		}
+	}
+	if n := e.cl.MWS[1].Stats().Sessions; n != 1 {
+		t.Fatalf("mws-2 holds %d sessions, want the moved one", n)
+	}
+
+	// The token was not spent: the device follows with it.
+	followed := c.MoveStats().Followed
+	get(sess)
+	if sess.MWS() != "mws-2" || c.MoveStats().Followed != followed+1 {
+		t.Fatalf("session on %s, %d follows", sess.MWS(), c.MoveStats().Followed)
+	}
+	if _, err := openWithToken(ctx, at2, tok, &mwsv1.StreamOpen{SessionId: sess.ID(), StreamId: "s1"}); rpcerr.Reason(err) != "BAD_MOVE_TOKEN" {
+		t.Fatalf("the spent token: %v", err)
+	}
+	get(other)
+	if other.MWS() != "mws-1" {
+		t.Fatalf("the other session is on %s", other.MWS())
+	}
+}
+
+// TestMoveInstalledFromTheSourcesWord: a source that announced no streams
+// at PrepareMove (so the target has no standby attach at the mux) moves a
+// session with a legacy stream. The target installs it on the source's
+// list of handed streams, which must come last, after the state's end; a
+// ship out of that order is refused and installs nothing. The device then
+// moves in with its stream in one call and reads the legacy server's bytes
+// over the one legacy connection.
+func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
+	const size = 64 << 10
+	e := newMASHEnv(t, size, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	iss, err := e.cl.CA.Issue(pki.IssueRequest{Role: pki.RoleMWS, Name: "mws-rogue"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(e.cl.MWSAddrs[1], grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(iss.TLS, e.cl.CA.Pool(), pki.RoleMWS))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	peerAPI := mwsv1.NewPeerClient(cc)
+	ml, err := muxlink.Dial(e.cl.MuxAddr, pki.ClientTLS(iss.TLS, e.cl.CA.Pool(), pki.RoleMux), testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ml.Close()
+	st, err := ml.Open(ctx, "stream", "rogue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Detach()
+
+	key := "the-session-key"
+	kh := sha256.Sum256([]byte(key))
+	rec := &mwsv1.SessionRecord{SessionId: "00112233445566778899aabbccddeeff", User: "doc", App: "viewer", Device: "pda",
+		CreatedUnixNano: time.Now().UnixNano(), KeyHash: kh[:]}
+	prep, err := peerAPI.PrepareMove(ctx, &mwsv1.PrepareMoveRequest{Session: rec, Reason: "operator"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Header{Header: &mwsv1.CompleteMoveHeader{
+		MoveId: prep.GetMoveId(), KeyHash: kh[:],
+		Streams: []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "stream", Epoch: st.Epoch()}}}}}
+	end := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_StateEnd{StateEnd: &mwsv1.StateEnd{}}}
+	object := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: &mwsv1.ShippedObject{Digest: "sha256:00", Last: true}}}
+	handedAt := func(epoch uint64) *mwsv1.CompleteMoveMsg {
+		return &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Handed{Handed: &mwsv1.HandedStreams{
+			Streams: []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "stream", Epoch: epoch}}}}}
+	}
+	ship := func(msgs ...*mwsv1.CompleteMoveMsg) error {
+		cm, err := peerAPI.CompleteMove(ctx)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if err := cm.Send(m); err != nil {
+				break
+			}
+		}
+		_, err = cm.CloseAndRecv()
+		return err
+	}
+	target := e.cl.MWS[1]
+	for _, tc := range []struct {
+		name string
+		msgs []*mwsv1.CompleteMoveMsg
+	}{
+		{"no state end", []*mwsv1.CompleteMoveMsg{hdr}},
+		{"handed streams before the state's end", []*mwsv1.CompleteMoveMsg{hdr, handedAt(st.Epoch() + 1), end}},
+		{"an object after the state's end", []*mwsv1.CompleteMoveMsg{hdr, end, object}},
+		{"no handed streams", []*mwsv1.CompleteMoveMsg{hdr, end}},
+		{"more after the handed streams", []*mwsv1.CompleteMoveMsg{hdr, end, handedAt(st.Epoch() + 1), end}},
+		{"a bad stream", []*mwsv1.CompleteMoveMsg{hdr, end, {Msg: &mwsv1.CompleteMoveMsg_Handed{Handed: &mwsv1.HandedStreams{
+			Streams: []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "../x", Epoch: 2}}}}}}},
+	} {
+		err := ship(tc.msgs...)
+		if rpcerr.Code(err) != codes.InvalidArgument || rpcerr.Reason(err) != "BAD_MOVE_STATE" {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if n := target.Stats().Sessions; n != 0 {
+			t.Fatalf("%s: the target holds %d sessions", tc.name, n)
+		}
+	}
+
+	// For real: the stream is handed over, then the state ships.
+	hr, err := ml.API().Handover(ctx, &muxv1.HandoverRequest{StreamId: st.ID(), Epoch: st.Epoch(), To: "mws-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ship(hdr, end, handedAt(hr.GetEpoch())); err != nil {
+		t.Fatal(err)
+	}
+	if n := target.Stats().Sessions; n != 1 {
+		t.Fatalf("the target holds %d sessions", n)
+	}
+
+	// The device moves in with its stream, from offset 0.
+	pda := dialRaw(t, e, "pda", 1)
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	ds, err := pda.api.Stream(metadata.AppendToOutgoingContext(sctx, "imash-move-token", prep.GetToken()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ds.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: &mwsv1.StreamOpen{SessionId: rec.SessionId, StreamId: st.ID()}}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ds.Recv()
+	if err != nil || m.GetMovedIn().GetSessionKey() == "" || m.GetMovedIn().GetCredential() == "" || m.GetMovedIn().GetMws() != "mws-2" {
+		t.Fatalf("first answer %v, %v: want MovedIn", m, err)
+	}
+	if m, err = ds.Recv(); err != nil || m.GetOpened().GetStreamId() != st.ID() || m.GetOpened().GetDownOffset() != 0 {
+		t.Fatalf("second answer %v, %v: want Opened at 0", m, err)
+	}
+	got := sha256.New()
+	var n uint64
+	for n < size {
+		m, err := ds.Recv()
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", n, err)
+		}
+		if d := m.GetData(); d != nil {
+			if d.Offset != n {
+				t.Fatalf("data at %d, want %d", d.Offset, n)
+			}
+			got.Write(d.Data)
+			n += uint64(len(d.Data))
+		}
+	}
+	want := sha256.New()
+	if _, err := io.CopyN(want, legacy.RandomStream(21), size); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Fatal("the stream's bytes differ from the legacy server's")
+	}
+	if a := e.stream.Accepted(); a != 1 {
+		t.Fatalf("legacy server accepted %d connections", a)
+	}
+	// The token is spent; the old key no longer opens the session.
+	if _, err := openWithToken(ctx, pda, prep.GetToken(), &mwsv1.StreamOpen{SessionId: rec.SessionId, StreamId: st.ID()}); rpcerr.Reason(err) != "BAD_MOVE_TOKEN" {
+		t.Fatalf("the spent token: %v", err)
+	}
+	_, err = pda.api.MoveIn(ctx, &mwsv1.MoveInRequest{SessionId: rec.SessionId, SessionKey: key})
+	if rpcerr.Reason(err) != "BAD_SESSION_KEY" {
+		t.Fatalf("the key before the move: %v", err)
+	}
+}
