@@ -61,7 +61,8 @@ type MuxClient interface {
 	Attach(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttachRequest, AttachResponse], error)
 	// Handover is called by the current owner to grant the stream to another
 	// MWS at the next epoch. The caller's channel is cut at once; the new
-	// owner then attaches with the returned epoch.
+	// owner then attaches with the returned epoch, or its standby attach
+	// (Hello.standby) is answered Attached at once.
 	Handover(ctx context.Context, in *HandoverRequest, opts ...grpc.CallOption) (*HandoverResponse, error)
 	// Takeover lets an MWS claim a stream without the owner's cooperation
 	// (failover of a dead or unreachable owner). It is a compare-and-set on
@@ -188,7 +189,8 @@ type MuxServer interface {
 	Attach(grpc.BidiStreamingServer[AttachRequest, AttachResponse]) error
 	// Handover is called by the current owner to grant the stream to another
 	// MWS at the next epoch. The caller's channel is cut at once; the new
-	// owner then attaches with the returned epoch.
+	// owner then attaches with the returned epoch, or its standby attach
+	// (Hello.standby) is answered Attached at once.
 	Handover(context.Context, *HandoverRequest) (*HandoverResponse, error)
 	// Takeover lets an MWS claim a stream without the owner's cooperation
 	// (failover of a dead or unreachable owner). It is a compare-and-set on
