@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -336,8 +337,13 @@ func recordLocked(ss *session) *mwsv1.SessionRecord {
 // handStreams hands every stream of ss to the MWS named to and returns them
 // with their new epochs. A stream that ended meanwhile is forgotten.
 func (s *Server) handStreams(ctx context.Context, ss *session, to string) ([]*mwsv1.MovedStream, error) {
-	var out []*mwsv1.MovedStream
-	for _, r := range ss.streamsSnapshot() {
+	streams := ss.streamsSnapshot()
+	// The streams go over at once: the target takes the session when it
+	// has them all.
+	handed := make([]*mwsv1.MovedStream, len(streams))
+	errs := make([]error, len(streams))
+	var wg sync.WaitGroup
+	for i, r := range streams {
 		ss.mu.Lock()
 		pre, epoch := r.pre, r.epoch
 		r.pre = nil
@@ -345,15 +351,26 @@ func (s *Server) handStreams(ctx context.Context, ss *session, to string) ([]*mw
 		if pre != nil {
 			pre.release() // no relay took it: the handover would cut it
 		}
-		resp, err := s.mux.API().Handover(ctx, &muxv1.HandoverRequest{StreamId: r.id, Epoch: epoch, To: to})
-		if rpcerr.Code(err) == codes.NotFound {
-			ss.forgetStream(r)
-			continue
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := s.mux.API().Handover(ctx, &muxv1.HandoverRequest{StreamId: r.id, Epoch: epoch, To: to})
+			switch {
+			case rpcerr.Code(err) == codes.NotFound:
+				ss.forgetStream(r)
+			case err != nil:
+				errs[i] = rpcerr.New(codes.Unavailable, "HANDOVER_FAILED", "handing stream %s to %s at the mux: %v", r.id, to, err)
+			default:
+				handed[i] = &mwsv1.MovedStream{StreamId: r.id, Backend: r.backend, Epoch: resp.GetEpoch()}
+			}
+		}()
+	}
+	wg.Wait()
+	out := slices.DeleteFunc(handed, func(m *mwsv1.MovedStream) bool { return m == nil })
+	for _, err := range errs {
 		if err != nil {
-			return out, rpcerr.New(codes.Unavailable, "HANDOVER_FAILED", "handing stream %s to %s at the mux: %v", r.id, to, err)
+			return out, err
 		}
-		out = append(out, &mwsv1.MovedStream{StreamId: r.id, Backend: r.backend, Epoch: resp.GetEpoch()})
 	}
 	return out, nil
 }

@@ -84,7 +84,7 @@ func (m *mashResult) write(w io.Writer, mwss int) {
 		{"  target prepares", col(func(mv mashMove) int64 { return mv.PrepareUS })},
 		{"  objects sent ahead", col(func(mv mashMove) int64 { return mv.PrecopyUS })},
 		{"  mux hands the streams over", col(func(mv mashMove) int64 { return mv.HandoverUS })},
-		{"  state shipped", col(func(mv mashMove) int64 { return mv.ShipUS })},
+		{"  state shipped (alongside)", col(func(mv mashMove) int64 { return mv.ShipUS })},
 		{fmt.Sprintf("app stall (%d-byte echo round trips)", echoBytes), col(func(mv mashMove) int64 { return mv.StallUS })},
 	} {
 		line(row, r.label, msPct(r.d, 50), msPct(r.d, 99))
