@@ -138,7 +138,21 @@ func (s *Session) openStream(ctx context.Context, open *mwsv1.StreamOpen, backen
 func (s *Session) openAt(ctx context.Context, r *route, open *mwsv1.StreamOpen) (mwsv1.Device_StreamClient, *mwsv1.StreamOpened, error) {
 	// The call lives as long as ctx (the Conn's base context); a call that
 	// fails here has ended already.
-	st, err := r.api.Stream(s.ctx(ctx))
+	st, first, err := startStream(s.ctx(ctx), r, open)
+	if err != nil {
+		return nil, nil, err
+	}
+	op := first.GetOpened()
+	if op == nil {
+		return nil, nil, errors.New("clientlib: stream: first message is not Opened")
+	}
+	return st, op, nil
+}
+
+// startStream begins a Stream call at r's MWS with open and returns its
+// first answer.
+func startStream(ctx context.Context, r *route, open *mwsv1.StreamOpen) (mwsv1.Device_StreamClient, *mwsv1.StreamResponse, error) {
+	st, err := r.api.Stream(ctx)
 	if err == nil {
 		err = st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: open}})
 		if errors.Is(err, io.EOF) {
@@ -152,11 +166,7 @@ func (s *Session) openAt(ctx context.Context, r *route, open *mwsv1.StreamOpen) 
 	if err != nil {
 		return nil, nil, err
 	}
-	op := first.GetOpened()
-	if op == nil {
-		return nil, nil, errors.New("clientlib: stream: first message is not Opened")
-	}
-	return st, op, nil
+	return st, first, nil
 }
 
 // followOpen follows the session to the MWS of t and attaches the stream
@@ -177,18 +187,8 @@ func (c *Conn) followOpen(t *mwsv1.MoveTarget, from *route) (mwsv1.Device_Stream
 	}
 	t0 := time.Now()
 	ctx, cancel := context.WithCancel(c.base)
-	st, err := r.api.Stream(metadata.AppendToOutgoingContext(s.ctx(ctx), "imash-move-token", t.GetToken()))
-	if err == nil {
-		err = st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: &mwsv1.StreamOpen{
-			SessionId: s.id, StreamId: c.streamID, ResumeOffset: c.recvNext}}})
-		if errors.Is(err, io.EOF) {
-			err = nil // the MWS ended the call: Recv returns its status
-		}
-	}
-	var m *mwsv1.StreamResponse
-	if err == nil {
-		m, err = st.Recv()
-	}
+	st, m, err := startStream(metadata.AppendToOutgoingContext(s.ctx(ctx), "imash-move-token", t.GetToken()), r,
+		&mwsv1.StreamOpen{SessionId: s.id, StreamId: c.streamID, ResumeOffset: c.recvNext})
 	if err != nil || m.GetMovedIn() == nil {
 		cancel()
 		return nil, nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -109,11 +110,12 @@ func TestStreamMoveInBadInput(t *testing.T) {
 
 // TestMoveInstalledFromTheSourcesWord: a source that announced no streams
 // at PrepareMove (so the target has no standby attach at the mux) moves a
-// session with a legacy stream. The target installs it on the source's
-// list of handed streams, which must come last, after the state's end; a
-// ship out of that order is refused and installs nothing. The device then
-// moves in with its stream in one call and reads the legacy server's bytes
-// over the one legacy connection.
+// session with a legacy stream; in a second move the stream is not in the
+// header either (it opened as the move began). The target installs each
+// session with the source's list of handed streams, which must come last,
+// after the state's end; a ship out of that order is refused and installs
+// nothing. The device then moves in with its stream in one call and reads
+// the legacy server's bytes, over one legacy connection a stream.
 func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
 	const size = 64 << 10
 	e := newMASHEnv(t, size, nil)
@@ -134,29 +136,6 @@ func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ml.Close()
-	st, err := ml.Open(ctx, "stream", "rogue")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Detach()
-
-	key := "the-session-key"
-	kh := sha256.Sum256([]byte(key))
-	rec := &mwsv1.SessionRecord{SessionId: "00112233445566778899aabbccddeeff", User: "doc", App: "viewer", Device: "pda",
-		CreatedUnixNano: time.Now().UnixNano(), KeyHash: kh[:]}
-	prep, err := peerAPI.PrepareMove(ctx, &mwsv1.PrepareMoveRequest{Session: rec, Reason: "operator"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hdr := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Header{Header: &mwsv1.CompleteMoveHeader{
-		MoveId: prep.GetMoveId(), KeyHash: kh[:],
-		Streams: []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "stream", Epoch: st.Epoch()}}}}}
-	end := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_StateEnd{StateEnd: &mwsv1.StateEnd{}}}
-	object := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: &mwsv1.ShippedObject{Digest: "sha256:00", Last: true}}}
-	handedAt := func(epoch uint64) *mwsv1.CompleteMoveMsg {
-		return &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Handed{Handed: &mwsv1.HandedStreams{
-			Streams: []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "stream", Epoch: epoch}}}}}
-	}
 	ship := func(msgs ...*mwsv1.CompleteMoveMsg) error {
 		cm, err := peerAPI.CompleteMove(ctx)
 		if err != nil {
@@ -170,56 +149,102 @@ func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
 		_, err = cm.CloseAndRecv()
 		return err
 	}
+	end := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_StateEnd{StateEnd: &mwsv1.StateEnd{}}}
 	target := e.cl.MWS[1]
-	for _, tc := range []struct {
-		name string
-		msgs []*mwsv1.CompleteMoveMsg
-	}{
-		{"no state end", []*mwsv1.CompleteMoveMsg{hdr}},
-		{"handed streams before the state's end", []*mwsv1.CompleteMoveMsg{hdr, handedAt(st.Epoch() + 1), end}},
-		{"an object after the state's end", []*mwsv1.CompleteMoveMsg{hdr, end, object}},
-		{"no handed streams", []*mwsv1.CompleteMoveMsg{hdr, end}},
-		{"more after the handed streams", []*mwsv1.CompleteMoveMsg{hdr, end, handedAt(st.Epoch() + 1), end}},
-		{"a bad stream", []*mwsv1.CompleteMoveMsg{hdr, end, {Msg: &mwsv1.CompleteMoveMsg_Handed{Handed: &mwsv1.HandedStreams{
-			Streams: []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "../x", Epoch: 2}}}}}}},
-	} {
-		err := ship(tc.msgs...)
-		if rpcerr.Code(err) != codes.InvalidArgument || rpcerr.Reason(err) != "BAD_MOVE_STATE" {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		if n := target.Stats().Sessions; n != 0 {
-			t.Fatalf("%s: the target holds %d sessions", tc.name, n)
-		}
-	}
-
-	// For real: the stream is handed over, then the state ships.
-	hr, err := ml.API().Handover(ctx, &muxv1.HandoverRequest{StreamId: st.ID(), Epoch: st.Epoch(), To: "mws-2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ship(hdr, end, handedAt(hr.GetEpoch())); err != nil {
-		t.Fatal(err)
-	}
-	if n := target.Stats().Sessions; n != 1 {
-		t.Fatalf("the target holds %d sessions", n)
-	}
-
-	// The device moves in with its stream, from offset 0.
 	pda := dialRaw(t, e, "pda", 1)
-	sctx, stop := context.WithCancel(ctx)
+
+	for i, inHeader := range []bool{true, false} {
+		st, err := ml.Open(ctx, "stream", "rogue")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Detach()
+		key := fmt.Sprintf("session-key-%d", i)
+		kh := sha256.Sum256([]byte(key))
+		rec := &mwsv1.SessionRecord{SessionId: fmt.Sprintf("00112233445566778899aabbccddeef%d", i), User: "doc", App: "viewer",
+			Device: "pda", CreatedUnixNano: time.Now().UnixNano(), KeyHash: kh[:]}
+		prep, err := peerAPI.PrepareMove(ctx, &mwsv1.PrepareMoveRequest{Session: rec, Reason: "operator"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &mwsv1.CompleteMoveHeader{MoveId: prep.GetMoveId(), KeyHash: kh[:]}
+		if inHeader {
+			h.Streams = []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "stream", Epoch: st.Epoch()}}
+		}
+		hdr := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Header{Header: h}}
+		handedAt := func(epoch uint64) *mwsv1.CompleteMoveMsg {
+			return &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Handed{Handed: &mwsv1.HandedStreams{
+				Streams: []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "stream", Epoch: epoch}}}}}
+		}
+		if i == 0 {
+			object := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_Object{Object: &mwsv1.ShippedObject{Digest: "sha256:00", Last: true}}}
+			for _, tc := range []struct {
+				name string
+				msgs []*mwsv1.CompleteMoveMsg
+			}{
+				{"no state end", []*mwsv1.CompleteMoveMsg{hdr}},
+				{"handed streams before the state's end", []*mwsv1.CompleteMoveMsg{hdr, handedAt(st.Epoch() + 1), end}},
+				{"an object after the state's end", []*mwsv1.CompleteMoveMsg{hdr, end, object}},
+				{"no handed streams", []*mwsv1.CompleteMoveMsg{hdr, end}},
+				{"more after the handed streams", []*mwsv1.CompleteMoveMsg{hdr, end, handedAt(st.Epoch() + 1), end}},
+				{"a bad stream", []*mwsv1.CompleteMoveMsg{hdr, end, {Msg: &mwsv1.CompleteMoveMsg_Handed{Handed: &mwsv1.HandedStreams{
+					Streams: []*mwsv1.MovedStream{{StreamId: st.ID(), Backend: "../x", Epoch: 2}}}}}}},
+			} {
+				err := ship(tc.msgs...)
+				if rpcerr.Code(err) != codes.InvalidArgument || rpcerr.Reason(err) != "BAD_MOVE_STATE" {
+					t.Fatalf("%s: %v", tc.name, err)
+				}
+				if n := target.Stats().Sessions; n != 0 {
+					t.Fatalf("%s: the target holds %d sessions", tc.name, n)
+				}
+			}
+		}
+
+		// For real: the stream is handed over, then the state ships.
+		hr, err := ml.API().Handover(ctx, &muxv1.HandoverRequest{StreamId: st.ID(), Epoch: st.Epoch(), To: "mws-2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ship(hdr, end, handedAt(hr.GetEpoch())); err != nil {
+			t.Fatal(err)
+		}
+		if n := target.Stats().Sessions; n != i+1 {
+			t.Fatalf("the target holds %d sessions, want %d", n, i+1)
+		}
+		readMovedStream(t, ctx, pda, prep.GetToken(), rec.GetSessionId(), st.ID(), size)
+		if a := e.stream.Accepted(); a != int64(i+1) {
+			t.Fatalf("legacy server accepted %d connections, want %d", a, i+1)
+		}
+		// The token is spent; the key before the move no longer works.
+		if _, err := openWithToken(ctx, pda, prep.GetToken(), &mwsv1.StreamOpen{SessionId: rec.GetSessionId(), StreamId: st.ID()}); rpcerr.Reason(err) != "BAD_MOVE_TOKEN" {
+			t.Fatalf("the spent token: %v", err)
+		}
+		_, err = pda.api.MoveIn(ctx, &mwsv1.MoveInRequest{SessionId: rec.GetSessionId(), SessionKey: key})
+		if rpcerr.Reason(err) != "BAD_SESSION_KEY" {
+			t.Fatalf("the key before the move: %v", err)
+		}
+	}
+}
+
+// readMovedStream moves session id in at d's MWS with tok in a Stream call
+// that attaches to stream from offset 0, and checks that it reads the
+// legacy stream server's first size bytes.
+func readMovedStream(t *testing.T, ctx context.Context, d *rawDevice, tok, id, stream string, size uint64) {
+	t.Helper()
+	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ds, err := pda.api.Stream(metadata.AppendToOutgoingContext(sctx, "imash-move-token", prep.GetToken()))
+	ds, err := d.api.Stream(metadata.AppendToOutgoingContext(ctx, "imash-move-token", tok))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ds.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: &mwsv1.StreamOpen{SessionId: rec.SessionId, StreamId: st.ID()}}}); err != nil {
+	if err := ds.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: &mwsv1.StreamOpen{SessionId: id, StreamId: stream}}}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := ds.Recv()
 	if err != nil || m.GetMovedIn().GetSessionKey() == "" || m.GetMovedIn().GetCredential() == "" || m.GetMovedIn().GetMws() != "mws-2" {
 		t.Fatalf("first answer %v, %v: want MovedIn", m, err)
 	}
-	if m, err = ds.Recv(); err != nil || m.GetOpened().GetStreamId() != st.ID() || m.GetOpened().GetDownOffset() != 0 {
+	if m, err = ds.Recv(); err != nil || m.GetOpened().GetStreamId() != stream || m.GetOpened().GetDownOffset() != 0 {
 		t.Fatalf("second answer %v, %v: want Opened at 0", m, err)
 	}
 	got := sha256.New()
@@ -238,21 +263,10 @@ func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
 		}
 	}
 	want := sha256.New()
-	if _, err := io.CopyN(want, legacy.RandomStream(21), size); err != nil {
+	if _, err := io.CopyN(want, legacy.RandomStream(21), int64(size)); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
 		t.Fatal("the stream's bytes differ from the legacy server's")
-	}
-	if a := e.stream.Accepted(); a != 1 {
-		t.Fatalf("legacy server accepted %d connections", a)
-	}
-	// The token is spent; the old key no longer opens the session.
-	if _, err := openWithToken(ctx, pda, prep.GetToken(), &mwsv1.StreamOpen{SessionId: rec.SessionId, StreamId: st.ID()}); rpcerr.Reason(err) != "BAD_MOVE_TOKEN" {
-		t.Fatalf("the spent token: %v", err)
-	}
-	_, err = pda.api.MoveIn(ctx, &mwsv1.MoveInRequest{SessionId: rec.SessionId, SessionKey: key})
-	if rpcerr.Reason(err) != "BAD_SESSION_KEY" {
-		t.Fatalf("the key before the move: %v", err)
 	}
 }
