@@ -507,3 +507,54 @@ func TestAdmissionAndOverload(t *testing.T) {
 		check(t, e, all)
 	})
 }
+
+// TestUnfinishedDrainTakesSessionsAgain: a drain that ends before every
+// session moved (no peer takes sessions; its caller gives up) leaves the
+// MWS taking sessions again, with its sessions as they were; a finished
+// drain leaves an MWS draining.
+func TestUnfinishedDrainTakesSessionsAgain(t *testing.T) {
+	e := newMASHEnv(t, 0, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := e.device(t, "laptop", 0)
+	sess, err := c.OpenSession(ctx, "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := e.set.Images()[0]
+	// mws-2 and mws-3 hold nothing: their drains finish at once.
+	for _, m := range e.cl.MWS[1:] {
+		if err := m.Drain(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := e.cl.MWS[0]
+	dctx, stop := context.WithCancel(ctx)
+	var last mws.DrainProgress
+	err = src.Drain(dctx, func(p mws.DrainProgress) {
+		last = p
+		if p.Failed > 0 {
+			stop() // no peer takes the session: give up
+		}
+	})
+	if !errors.Is(err, context.Canceled) || rpcerr.Reason(last.LastErr) != "NO_PEERS" || last.Remaining != 1 {
+		t.Fatalf("drain with no peer to take sessions: %v, progress %+v", err, last)
+	}
+	if src.Draining() {
+		t.Fatal("mws-1 still draining after its drain gave up")
+	}
+	for _, m := range e.cl.MWS[1:] {
+		if !m.Draining() {
+			t.Fatalf("%s took sessions again after its drain finished", m.Name())
+		}
+	}
+	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
+	if err != nil || !bytes.Equal(obj.Body, img.Bytes) || sess.MWS() != "mws-1" {
+		t.Fatalf("session on %s after the unfinished drain: %v", sess.MWS(), err)
+	}
+	// mws-1 admits a new session again (its peers are draining).
+	s2, err := c.OpenSession(ctx, "viewer")
+	if err != nil || s2.MWS() != "mws-1" {
+		t.Fatalf("a new session after the unfinished drain: %v", err)
+	}
+}

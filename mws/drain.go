@@ -24,12 +24,37 @@ const drainParallel = 8
 // each to the least loaded one at the time. It calls progress (if not nil)
 // after every session, then waits up to DrainGrace for devices to follow.
 // A session that cannot move (a handoff in progress, no peer takes it) is
-// tried again until ctx ends.
+// tried again until ctx ends. A drain that ends unfinished (ctx ended) lets
+// the MWS take sessions again, unless another drain goes on or one
+// finished; a finished drain leaves it draining until it stops.
 func (s *Server) Drain(ctx context.Context, progress func(DrainProgress)) error {
+	return s.drain(ctx, progress, false)
+}
+
+// drain is Drain; with keep, an unfinished drain leaves the MWS draining
+// too (it is stopping).
+func (s *Server) drain(ctx context.Context, progress func(DrainProgress), keep bool) (err error) {
 	if s.cfg.Cluster.Membership == nil {
 		return rpcerr.New(codes.FailedPrecondition, "NO_PEERS", "this MWS is not in a cluster")
 	}
+	s.drainMu.Lock()
+	s.drains++
 	s.draining.Store(true)
+	s.drainMu.Unlock()
+	defer func() {
+		s.drainMu.Lock()
+		s.drains--
+		s.drained = s.drained || err == nil || keep
+		resume := s.drains == 0 && !s.drained
+		if resume {
+			s.draining.Store(false)
+		}
+		s.drainMu.Unlock()
+		if resume {
+			s.publishLoad()
+			s.log.Warn("drain ended unfinished: taking sessions again", "error", err, "sessions_left", s.sessions.len())
+		}
+	}()
 	s.publishLoad()
 	s.log.Info("drain started", "sessions", s.sessions.len())
 	var mu sync.Mutex

@@ -111,7 +111,7 @@ session to the least loaded peer, retrying those that cannot move yet;
 progress is printed as it comes. Once all are moved it waits up to its
 --drain-grace for devices to follow. With --exit it then leaves the cluster
 and stops, as after SIGTERM. The exit status is 1 if sessions are left when
---timeout ends; the MWS then stays draining until it restarts.
+--timeout ends; the MWS then keeps them and takes sessions again.
 `,
 		timeout: 5 * time.Minute,
 		run:     runOpDrain,
@@ -480,7 +480,7 @@ func runOpDrain(ctx context.Context, c *opClient, a *opArgs, stdout io.Writer) e
 				fmt.Fprintf(stdout, "drain of %s did not finish: %s\n", name, drainCounts(last))
 			}
 			e := c.fail(ctx, err)
-			e.about = fmt.Sprintf("%s still holds %s and stays draining until it restarts", name, plural(int(last.Left), "session"))
+			e.about = fmt.Sprintf("%s still holds %s and takes sessions again", name, plural(int(last.Left), "session"))
 			return e
 		}
 		// The final message carries what is left; the counts are those of

@@ -385,7 +385,7 @@ func TestOpDrain(t *testing.T) {
 	o.drain = drain(&mwsv1.DrainProgress{Moved: 0, Remaining: 1, Failed: 1, LastError: noPeer}, nil)
 	out, err = run("--timeout", "2s")
 	if err == nil || errors.Is(err, ErrUsage) ||
-		err.Error() != "op drain: mws-1 still holds 1 session and stays draining until it restarts: DEADLINE_EXCEEDED: gave up after --timeout 2s" {
+		err.Error() != "op drain: mws-1 still holds 1 session and takes sessions again: DEADLINE_EXCEEDED: gave up after --timeout 2s" {
 		t.Errorf("unfinished drain: err = %v", err)
 	}
 	if !strings.Contains(out, "drain of mws-1 did not finish: moved 0, 1 left, 1 failed attempt") {

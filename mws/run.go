@@ -372,7 +372,7 @@ func drainOnExit(ctx context.Context, srv *Server, m Membership, timeout time.Du
 	log.Info("draining before exit: moving every session to peers", "sessions", srv.Stats().Sessions, "timeout", timeout)
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
-	if err := srv.Drain(dctx, nil); err != nil {
+	if err := srv.drain(dctx, nil, true); err != nil {
 		log.Warn("drain before exit did not finish: stopping anyway", "error", err, "sessions_left", srv.Stats().Sessions)
 		return
 	}

@@ -58,8 +58,13 @@ type Server struct {
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 	draining atomic.Bool
-	docs     profileDocs
-	paths    pathMoves
+	// drainMu guards drains (in progress) and drained (one finished, or an
+	// unfinished one of a stopping MWS): draining is set while either is.
+	drainMu sync.Mutex
+	drains  int
+	drained bool
+	docs    profileDocs
+	paths   pathMoves
 
 	closeOnce sync.Once
 	closeErr  error
