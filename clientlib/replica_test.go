@@ -3,6 +3,7 @@ package clientlib_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"testing"
@@ -161,19 +162,38 @@ func testMWSFailure(t *testing.T, graceful bool) {
 // certificate get typed errors and change nothing; a replica's owner alone
 // drops it; a session whose owner is alive is not taken up from its
 // replica.
-func TestPeerCallsBadInput(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	e := newMASHEnv(t, 0, nil)
+// rogueMWS issues an MWS certificate, named mws-rogue, from the cluster's
+// CA and dials the MWS of index i with it, as a peer.
+func rogueMWS(t testing.TB, e *mashEnv, i int) (tls.Certificate, *grpc.ClientConn) {
+	t.Helper()
 	iss, err := e.cl.CA.Issue(pki.IssueRequest{Role: pki.RoleMWS, Name: "mws-rogue"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc, err := grpc.NewClient(e.cl.MWSAddrs[1], grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(iss.TLS, e.cl.CA.Pool(), pki.RoleMWS))))
+	cc, err := grpc.NewClient(e.cl.MWSAddrs[i], grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(iss.TLS, e.cl.CA.Pool(), pki.RoleMWS))))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
+	t.Cleanup(func() { cc.Close() })
+	return iss.TLS, cc
+}
+
+// sendAll sends msgs on a call until a send fails (the peer ended it),
+// then ends the call with end and returns its error.
+func sendAll[M any](send func(M) error, msgs []M, end func() error) error {
+	for _, m := range msgs {
+		if send(m) != nil {
+			break
+		}
+	}
+	return end()
+}
+
+func TestPeerCallsBadInput(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := newMASHEnv(t, 0, nil)
+	_, cc := rogueMWS(t, e, 1)
 	peer := mwsv1.NewPeerClient(cc)
 
 	src := e.device(t, "pda", 0)
@@ -190,26 +210,14 @@ func TestPeerCallsBadInput(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, m := range msgs {
-			if err := st.Send(m); err != nil {
-				break
-			}
-		}
-		_, err = st.Recv()
-		return err
+		return sendAll(st.Send, msgs, func() error { _, err := st.Recv(); return err })
 	}
 	replicate := func(msgs ...*mwsv1.ReplicaMsg) error {
 		st, err := peer.Replicate(ctx)
 		if err != nil {
 			return err
 		}
-		for _, m := range msgs {
-			if err := st.Send(m); err != nil {
-				break
-			}
-		}
-		_, err = st.CloseAndRecv()
-		return err
+		return sendAll(st.Send, msgs, func() error { _, err := st.CloseAndRecv(); return err })
 	}
 	goodStart := &mwsv1.FashStart{HandoffId: "0123456789abcdef01234567", User: "doc", App: "viewer", FromDevice: "pda", TargetDevice: "pda", ConsentTimeoutMs: 1000}
 	badID := proto.Clone(goodStart).(*mwsv1.FashStart)

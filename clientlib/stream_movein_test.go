@@ -11,9 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/imashproject/imash/clientlib"
@@ -121,17 +119,9 @@ func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
 	e := newMASHEnv(t, size, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	iss, err := e.cl.CA.Issue(pki.IssueRequest{Role: pki.RoleMWS, Name: "mws-rogue"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient(e.cl.MWSAddrs[1], grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(iss.TLS, e.cl.CA.Pool(), pki.RoleMWS))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cert, cc := rogueMWS(t, e, 1)
 	peerAPI := mwsv1.NewPeerClient(cc)
-	ml, err := muxlink.Dial(e.cl.MuxAddr, pki.ClientTLS(iss.TLS, e.cl.CA.Pool(), pki.RoleMux), testLog())
+	ml, err := muxlink.Dial(e.cl.MuxAddr, pki.ClientTLS(cert, e.cl.CA.Pool(), pki.RoleMux), testLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,13 +131,7 @@ func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, m := range msgs {
-			if err := cm.Send(m); err != nil {
-				break
-			}
-		}
-		_, err = cm.CloseAndRecv()
-		return err
+		return sendAll(cm.Send, msgs, func() error { _, err := cm.CloseAndRecv(); return err })
 	}
 	end := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_StateEnd{StateEnd: &mwsv1.StateEnd{}}}
 	target := e.cl.MWS[1]
