@@ -135,6 +135,15 @@ func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
 	}
 	end := &mwsv1.CompleteMoveMsg{Msg: &mwsv1.CompleteMoveMsg_StateEnd{StateEnd: &mwsv1.StateEnd{}}}
 	target := e.cl.MWS[1]
+	// A PrepareMove naming a bad stream is refused before anything is
+	// reserved or attached.
+	kh := sha256.Sum256([]byte("k"))
+	_, err = peerAPI.PrepareMove(ctx, &mwsv1.PrepareMoveRequest{Reason: "operator",
+		Session: &mwsv1.SessionRecord{SessionId: "00112233445566778899aabbccddeeff", User: "doc", App: "viewer", Device: "pda", KeyHash: kh[:]},
+		Streams: []*mwsv1.MovedStream{{StreamId: "s1", Backend: "../x", Epoch: 1}}})
+	if rpcerr.Code(err) != codes.InvalidArgument || rpcerr.Reason(err) != "BAD_MOVE_STATE" {
+		t.Fatalf("PrepareMove with a bad stream: %v", err)
+	}
 	pda := dialRaw(t, e, "pda", 1)
 
 	for i, inHeader := range []bool{true, false} {

@@ -209,15 +209,13 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 	// while the state travels to it; the streams' new epochs go last, and
 	// the target installs the session.
 	t1 = time.Now()
-	type handing struct {
-		handed []*mwsv1.MovedStream
-		err    error
-		took   time.Duration
-	}
-	hc := make(chan handing, 1)
+	var streams []*mwsv1.MovedStream
+	var handErr error
+	handedOver := make(chan struct{})
 	go func() {
-		h, err := s.handStreams(ctx, ss, peer.Name)
-		hc <- handing{h, err, time.Since(t1)}
+		defer close(handedOver)
+		streams, handErr = s.handStreams(ctx, ss, peer.Name)
+		res.Handover = time.Since(t1)
 	}()
 	ss.mu.Lock()
 	if opts.fash == nil && ss.leaving != nil {
@@ -227,16 +225,12 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 		ss.leaving = nil
 	}
 	ss.mu.Unlock()
-	var hand *handing
 	handed := func() ([]*mwsv1.MovedStream, error) {
-		if hand == nil {
-			h := <-hc
-			hand = &h
-		}
-		return hand.handed, hand.err
+		<-handedOver
+		return streams, handErr
 	}
 	objects, bytes, err := s.shipState(ctx, api, ss, prep.GetMoveId(), plan, handed)
-	streams, handErr := handed()
+	<-handedOver
 	if err != nil || handErr != nil {
 		s.takeBack(ctx, ss, streams)
 		if handErr != nil {
@@ -249,7 +243,7 @@ func (s *Server) moveSession(ctx context.Context, ss *session, peer PeerInfo, op
 		s.replicateLater(ss)
 		return res, peerStatus(peer.Name, err)
 	}
-	res.Streams, res.Handover = len(streams), hand.took
+	res.Streams = len(streams)
 	res.Objects, res.StateBytes, res.Ship = objects, bytes, time.Since(t1)
 
 	// 5: the session is the target's; its device is told to follow.
@@ -419,11 +413,9 @@ const shipChunk = 1 << 20
 // target does not install the session.
 func (s *Server) shipState(ctx context.Context, api mwsv1.PeerClient, ss *session, moveID string, plan *shipPlan,
 	handed func() ([]*mwsv1.MovedStream, error)) (objects int, bytes int64, err error) {
+	hdr := &mwsv1.CompleteMoveHeader{MoveId: moveID, Streams: streamEpochs(ss)}
 	ss.mu.Lock()
-	hdr := &mwsv1.CompleteMoveHeader{MoveId: moveID, KeyHash: slices.Clone(ss.keyHash[:])}
-	for _, r := range ss.streams {
-		hdr.Streams = append(hdr.Streams, &mwsv1.MovedStream{StreamId: r.id, Backend: r.backend, Epoch: r.epoch})
-	}
+	hdr.KeyHash = slices.Clone(ss.keyHash[:])
 	for _, e := range ss.savepoint {
 		hdr.Savepoint = append(hdr.Savepoint, &mwsv1.Element{Name: e.name, Kind: e.kind, ContentType: e.contentType,
 			Digest: e.digest, Data: e.data, StreamId: e.streamID, StreamOffset: e.streamOffset})

@@ -258,6 +258,11 @@ func (p *peerService) PrepareMove(ctx context.Context, req *mwsv1.PrepareMoveReq
 	if len(req.GetStreams()) > s.cfg.MaxStreamsPerSession {
 		return nil, rpcerr.New(codes.InvalidArgument, "TOO_MANY_STREAMS", "%d streams exceed %d", len(req.GetStreams()), s.cfg.MaxStreamsPerSession)
 	}
+	for _, m := range req.GetStreams() {
+		if err := checkMovedStream(m); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.sessions.reserve(rec.GetUser()); err != nil {
 		return nil, err
 	}

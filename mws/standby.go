@@ -39,12 +39,13 @@ func (s *Server) startStandby(id string, epoch uint64) *standby {
 	return sb
 }
 
-// startStandbys attaches as a standby to each stream a move announced.
+// startStandbys attaches as a standby to each stream a move announced
+// (checked and bounded by PrepareMove).
 func (s *Server) startStandbys(streams []*mwsv1.MovedStream) map[string]*standby {
 	out := map[string]*standby{}
 	for _, m := range streams {
-		if id := m.GetStreamId(); id != "" && len(id) <= 64 && out[id] == nil && len(out) < s.cfg.MaxStreamsPerSession {
-			out[id] = s.startStandby(id, m.GetEpoch())
+		if out[m.GetStreamId()] == nil {
+			out[m.GetStreamId()] = s.startStandby(m.GetStreamId(), m.GetEpoch())
 		}
 	}
 	return out
