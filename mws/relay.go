@@ -52,7 +52,6 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 		mss.mu.Unlock()
 		ctx = context.WithValue(ctx, principalKey{}, p)
 		ss = mss // the key the call carries is the one before the move
-
 	} else {
 		var err error
 		if ss, err = s.session(ctx, open.GetSessionId()); err != nil {
@@ -163,15 +162,9 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 				ss.mu.Unlock()
 			}
 			if m.GetCut() != nil {
-				ss.mu.Lock()
-				var t *mwsv1.MoveTarget
-				if ss.move != nil {
-					t = ss.move.target
-				}
-				ss.mu.Unlock()
-				if t != nil {
+				if t := ss.moveTarget(false); t != nil {
 					// The session is moving: the device follows it there.
-					return rpcerr.NewWithMeta(codes.Aborted, "STREAM_MOVED", moveMeta(t), "stream %s moved to %s", rs.id, m.GetCut().Owner)
+					return streamMoved(rs.id, t)
 				}
 				return rpcerr.New(codes.Aborted, "STREAM_MOVED", "stream %s moved to %s", rs.id, m.GetCut().Owner)
 			}
@@ -187,20 +180,32 @@ func (d *deviceService) Stream(ds mwsv1.Device_StreamServer) error {
 			// The session froze for a move: the device follows it now,
 			// while the mux hands the stream over; bytes not acknowledged
 			// here go again from there.
-			ss.mu.Lock()
-			var t *mwsv1.MoveTarget
-			if ss.move != nil && ss.move.frozen {
-				t = ss.move.target
+			if t := ss.moveTarget(true); t != nil {
+				return streamMoved(rs.id, t)
 			}
+			ss.mu.Lock()
 			leaving = ss.leavingLocked()
 			ss.mu.Unlock()
-			if t != nil {
-				return rpcerr.NewWithMeta(codes.Aborted, "STREAM_MOVED", moveMeta(t), "stream %s is moving to %s", rs.id, t.GetMws().GetName())
-			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// moveTarget is where the session is moving (nil when it is not, or when
+// frozen is set and it has not frozen yet).
+func (ss *session) moveTarget(frozen bool) *mwsv1.MoveTarget {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.move == nil || frozen && !ss.move.frozen {
+		return nil
+	}
+	return ss.move.target
+}
+
+// streamMoved tells a device that its stream moves with its session to t.
+func streamMoved(id string, t *mwsv1.MoveTarget) error {
+	return rpcerr.NewWithMeta(codes.Aborted, "STREAM_MOVED", moveMeta(t), "stream %s moved to %s", id, t.GetMws().GetName())
 }
 
 // openStreams counts the session's streams. When the count reaches the
