@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -403,7 +404,9 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	if len(hdr.GetObjects()) > s.cfg.Cluster.MaxMoveObjects {
 		return rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "%d objects exceed %d", len(hdr.GetObjects()), s.cfg.Cluster.MaxMoveObjects)
 	}
-	in.rec.Objects = append(in.rec.Objects, hdr.GetObjects()...)
+	// The objects the session fetched since it was prepared (the prepared
+	// record itself is shared with other calls of the move: not changed).
+	announced := append(slices.Clone(in.rec.GetObjects()), hdr.GetObjects()...)
 	for _, m := range hdr.GetStreams() {
 		if err := checkMovedStream(m); err != nil {
 			return err
@@ -423,7 +426,7 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 			return nil, rpcerr.New(codes.InvalidArgument, "BAD_MOVE_STATE", "only objects, then the state's end, may follow the header")
 		}
 		return m.GetObject(), nil
-	}, in.rec.GetObjects())
+	}, announced)
 	if err != nil {
 		return err
 	}
@@ -450,6 +453,9 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	}
 	rec := in.rec
 	ss := sessionFromRecord(rec, hdr.GetKeyHash())
+	for _, d := range hdr.GetObjects() {
+		ss.objects[d] = struct{}{}
+	}
 	for _, m := range streams {
 		ss.streams[m.GetStreamId()] = &relayState{id: m.GetStreamId(), backend: m.GetBackend(), epoch: m.GetEpoch(),
 			pre: in.standbys[m.GetStreamId()]}
@@ -507,7 +513,7 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	}
 	ss.mu.Unlock()
 	time.AfterFunc(s.cfg.Cluster.MoveTokenTTL, func() { releaseStandbys(in.standbys) })
-	s.registry.seen(ss.user, ss.device)
+	s.registry.seen(rec.GetUser(), rec.GetDevice())
 	s.replicas.drop(ss.id, 0)
 	// The source drops its replicas once it hears the session is here: a
 	// replica of this MWS's is placed first, so that the session survives
@@ -516,15 +522,16 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	if err := s.replicate(st.Context(), ss); err != nil {
 		s.log.Warn("replicating a session moved in", "session", ss.id, "error", err)
 	}
+	// The session is live here: its device may be using it already.
 	ss.mu.Lock()
-	nstreams := len(ss.streams)
+	nstreams, device := len(ss.streams), ss.device
 	ss.mu.Unlock()
 	if err := st.SendAndClose(&mwsv1.CompleteMoveResponse{Streams: int32(nstreams), Objects: int32(objs)}); err != nil {
 		s.answerLost(in, ss, from.Name, err)
 		return err
 	}
-	s.log.Info("session moved in", "session", ss.id, "from", from.Name, "device", ss.device,
-		"streams", len(ss.streams), "objects", objs, "reason", in.reason)
+	s.log.Info("session moved in", "session", ss.id, "from", from.Name, "device", device,
+		"streams", nstreams, "objects", objs, "reason", in.reason)
 	return nil
 }
 

@@ -526,13 +526,15 @@ func (s *Server) takeUp(ctx context.Context, id, device, key string) (*session, 
 		}
 		ss.streams[m.GetStreamId()] = &relayState{id: m.GetStreamId(), backend: m.GetBackend(), epoch: resp.GetEpoch()}
 	}
+	// Once installed the session is live: what the log says is read before.
+	nstreams, nsaved := len(ss.streams), len(ss.savepoint)
 	if err := s.sessions.install(ss); err != nil {
 		s.sessions.release()
 		return nil, err
 	}
-	s.registry.seen(ss.user, ss.device)
+	s.registry.seen(rec.GetUser(), rec.GetDevice())
 	s.log.Warn("session taken up from its replica: its MWS is gone", "session", id, "owner", r.owner,
-		"streams", len(ss.streams), "savepoint_elements", len(ss.savepoint))
+		"streams", nstreams, "savepoint_elements", nsaved)
 	s.replicateLater(ss)
 	return ss, nil
 }
