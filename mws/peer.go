@@ -151,18 +151,35 @@ func (t *moveTable) remove(in *incoming) {
 	t.mu.Unlock()
 }
 
+// revoke takes back the device token of a completed incoming move the
+// device has not used: false when it has.
+func (t *moveTable) revoke(in *incoming) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if in.used {
+		return false
+	}
+	t.forgetTokensLocked(in)
+	return true
+}
+
 // claim takes a completed incoming move for this MWS's own use (a FASH):
 // it is forgotten, and its device token with it.
 func (t *moveTable) claim(in *incoming) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.byID, in.id)
+	t.forgetTokensLocked(in)
+	in.used = true
+}
+
+// forgetTokensLocked deletes the device tokens of in.
+func (t *moveTable) forgetTokensLocked(in *incoming) {
 	for k, e := range t.tokens {
 		if e.in == in {
 			delete(t.tokens, k)
 		}
 	}
-	in.used = true
 }
 
 // use consumes a move token presented by device: single use, unexpired,
@@ -282,10 +299,31 @@ func (p *peerService) PrepareMove(ctx context.Context, req *mwsv1.PrepareMoveReq
 	return &mwsv1.PrepareMoveResponse{MoveId: in.id, Token: tok, TokenExpiresUnixNano: exp.UnixNano()}, nil
 }
 
-// dropIncoming ends an incoming move that did not complete.
-func (s *Server) dropIncoming(in *incoming, why error) {
+// forgetMove ends an incoming move here: its standbys are released and
+// its id no longer names it.
+func (s *Server) forgetMove(in *incoming) {
 	releaseStandbys(in.standbys)
 	s.moves.remove(in)
+}
+
+// undoMoveIn drops a session that moved in here but that its device has
+// not taken (the source keeps it): its token is revoked first, so that the
+// device cannot take it meanwhile. It reports false when the device took
+// it already.
+func (s *Server) undoMoveIn(in *incoming) bool {
+	if !s.moves.revoke(in) {
+		return false
+	}
+	s.forgetMove(in)
+	if s.sessions.remove(in.ss.id) != nil {
+		s.dropReplicas(in.ss)
+	}
+	return true
+}
+
+// dropIncoming ends an incoming move that did not complete.
+func (s *Server) dropIncoming(in *incoming, why error) {
+	s.forgetMove(in)
 	dropped := false
 	in.once.Do(func() {
 		in.err = why
@@ -310,17 +348,9 @@ func (p *peerService) AbortMove(ctx context.Context, req *mwsv1.AbortMoveRequest
 	}
 	select {
 	case <-in.done:
-		if in.ss != nil {
-			s.moves.mu.Lock()
-			used := in.used
-			s.moves.mu.Unlock()
-			if used {
-				return nil, rpcerr.New(codes.FailedPrecondition, "MOVE_COMPLETED", "the device already moved in")
-			}
-			// Completed but not yet claimed: the source keeps the session.
-			s.sessions.remove(in.ss.id)
-			releaseStandbys(in.standbys)
-			s.moves.remove(in)
+		// Completed but not yet claimed: the source keeps the session.
+		if in.ss != nil && !s.undoMoveIn(in) {
+			return nil, rpcerr.New(codes.FailedPrecondition, "MOVE_COMPLETED", "the device already moved in")
 		}
 	default:
 		s.dropIncoming(in, rpcerr.New(codes.Aborted, "MOVE_ABORTED", "the source aborted the move: %s", req.GetReason()))
@@ -488,8 +518,7 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 		return rpcerr.New(codes.Aborted, "MOVE_ABORTED", "the move of session %s was aborted", ss.id)
 	}
 	if installErr != nil {
-		releaseStandbys(in.standbys)
-		s.moves.remove(in)
+		s.forgetMove(in)
 		return installErr
 	}
 	if early {
@@ -499,7 +528,7 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 			handedErr = s.mergeHanded(ss, handed)
 		}
 		if handedErr != nil {
-			s.answerLost(in, ss, from.Name, handedErr)
+			s.answerLost(in, from.Name, handedErr)
 			return handedErr
 		}
 	}
@@ -527,7 +556,7 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 	nstreams, device := len(ss.streams), ss.device
 	ss.mu.Unlock()
 	if err := st.SendAndClose(&mwsv1.CompleteMoveResponse{Streams: int32(nstreams), Objects: int32(objs)}); err != nil {
-		s.answerLost(in, ss, from.Name, err)
+		s.answerLost(in, from.Name, err)
 		return err
 	}
 	s.log.Info("session moved in", "session", ss.id, "from", from.Name, "device", device,
@@ -538,15 +567,9 @@ func (p *peerService) CompleteMove(st mwsv1.Peer_CompleteMoveServer) error {
 // answerLost handles a move whose source will not hear that the session
 // is here (err says why): the source keeps it, so this copy goes unless its
 // device already took it.
-func (s *Server) answerLost(in *incoming, ss *session, from string, err error) {
-	s.moves.mu.Lock()
-	used := in.used
-	s.moves.mu.Unlock()
-	if !used && s.sessions.remove(ss.id) != nil {
-		releaseStandbys(in.standbys)
-		s.moves.remove(in)
-		s.dropReplicas(ss)
-		s.log.Warn("move answer lost: the session stays at the source", "session", ss.id, "from", from, "error", err)
+func (s *Server) answerLost(in *incoming, from string, err error) {
+	if s.undoMoveIn(in) {
+		s.log.Warn("move answer lost: the session stays at the source", "session", in.ss.id, "from", from, "error", err)
 	}
 }
 
