@@ -171,41 +171,49 @@ func startStream(ctx context.Context, r *route, open *mwsv1.StreamOpen) (mwsv1.D
 
 // followOpen follows the session to the MWS of t and attaches the stream
 // there in one call: the Stream call carries the move token, and that MWS
-// moves the session in (answering MovedIn) before it opens the stream. It
-// returns nil when the stream did not attach; the session may have moved
-// in all the same, and then its route is the new MWS.
-func (c *Conn) followOpen(t *mwsv1.MoveTarget, from *route) (mwsv1.Device_StreamClient, *mwsv1.StreamOpened) {
+// moves the session in (answering MovedIn) before it opens the stream.
+// It returns no call and no error when there is nothing to follow (another
+// call followed already), and an error when the stream did not attach:
+// the session may have moved in all the same, and then its route is the
+// new MWS.
+func (c *Conn) followOpen(t *mwsv1.MoveTarget, from *route) (mwsv1.Device_StreamClient, *mwsv1.StreamOpened, error) {
 	s := c.s
 	s.followMu.Lock()
 	defer s.followMu.Unlock()
 	if s.route() != from || from.addr == t.GetMws().GetAddr() {
-		return nil, nil // another call followed already
+		return nil, nil, nil
 	}
 	r, err := s.c.dialRoute(t.GetMws().GetAddr())
 	if err != nil {
-		return nil, nil
+		return nil, nil, err
 	}
 	t0 := time.Now()
 	ctx, cancel := context.WithCancel(c.base)
 	st, m, err := startStream(metadata.AppendToOutgoingContext(s.ctx(ctx), "imash-move-token", t.GetToken()), r,
 		&mwsv1.StreamOpen{SessionId: s.id, StreamId: c.streamID, ResumeOffset: c.recvNext})
-	if err != nil || m.GetMovedIn() == nil {
+	if err == nil && m.GetMovedIn() == nil {
+		err = fmt.Errorf("clientlib: %s answered a move-in stream without MovedIn", t.GetMws().GetName())
+	}
+	if err != nil {
 		cancel()
-		return nil, nil
+		return nil, nil, err
 	}
 	// The call's peer tells whether TLS was resumed (grpc.Peer fills in
 	// only when a stream ends).
 	p, _ := peer.FromContext(st.Context())
 	s.movedIn(r, from, m.GetMovedIn(), time.Since(t0), p)
-	if m, err = st.Recv(); err != nil || m.GetOpened() == nil {
+	if m, err = st.Recv(); err == nil && m.GetOpened() == nil {
+		err = fmt.Errorf("clientlib: %s answered MovedIn without Opened", t.GetMws().GetName())
+	}
+	if err != nil {
 		cancel()
-		return nil, nil
+		return nil, nil, err
 	}
 	go func() {
 		<-st.Context().Done()
 		cancel()
 	}()
-	return st, m.GetOpened()
+	return st, m.GetOpened(), nil
 }
 
 // movable reports whether err ends a stream that goes on elsewhere: the
@@ -236,20 +244,27 @@ func (c *Conn) reattach(cause error) mwsv1.Device_StreamClient {
 		r := c.s.route()
 		if t := moveTarget(cause); t != nil && t.GetToken() != "" {
 			// Follow and attach in one call.
-			if st, op := c.followOpen(t, r); st != nil {
-				c.resend(st, op.UpOffset)
-				c.s.c.log.Info("stream attached again", "session", c.s.id, "stream", c.streamID, "mws", t.GetMws().GetName(), "down_offset", c.recvNext, "up_offset", op.UpOffset)
-				return st
+			st, op, err := c.followOpen(t, r)
+			if st != nil {
+				return c.attached(st, op, t.GetMws().GetName())
+			}
+			if err != nil && !unreachable(err) {
+				// Why it did not attach there (an unreachable MWS is
+				// looked for elsewhere as the move's).
+				cause = err
+				if moveTarget(err) != nil {
+					continue // it moved on: follow it there
+				}
 			}
 		}
-		if c.s.recover(c.base, cause, r) {
+		if cur := c.s.route(); cur != r {
+			r = cur // followed meanwhile, by this call or another
+		} else if c.s.recover(c.base, cause, r) {
 			r = c.s.route()
 		}
 		st, op, err := c.s.openAt(c.base, r, &mwsv1.StreamOpen{SessionId: c.s.id, StreamId: c.streamID, ResumeOffset: c.recvNext})
 		if err == nil {
-			c.resend(st, op.UpOffset)
-			c.s.c.log.Info("stream attached again", "session", c.s.id, "stream", c.streamID, "mws", r.name(), "down_offset", c.recvNext, "up_offset", op.UpOffset)
-			return st
+			return c.attached(st, op, r.name())
 		}
 		cause = err
 		if moveTarget(err) != nil {
@@ -265,6 +280,14 @@ func (c *Conn) reattach(cause error) mwsv1.Device_StreamClient {
 		backoff = min(2*backoff, time.Second)
 	}
 	return nil
+}
+
+// attached makes st, which opened with op at the MWS named mws, the Conn's
+// call, and sends again what the mux has not accepted.
+func (c *Conn) attached(st mwsv1.Device_StreamClient, op *mwsv1.StreamOpened, mws string) mwsv1.Device_StreamClient {
+	c.resend(st, op.UpOffset)
+	c.s.c.log.Info("stream attached again", "session", c.s.id, "stream", c.streamID, "mws", mws, "down_offset", c.recvNext, "up_offset", op.UpOffset)
+	return st
 }
 
 // resend makes st the Conn's call and sends on it the retained bytes from

@@ -289,12 +289,9 @@ func (s *Session) recover(ctx context.Context, err error, from *route) bool {
 				continue
 			}
 			tried[p.GetAddr()] = true
-			t := &mwsv1.MoveTarget{SessionId: s.id, Mws: p}
-			if p.GetAddr() == from.addr {
-				if s.followTo(ctx, t, from, true) == nil {
-					return true
-				}
-			} else if s.follow(ctx, t, from) == nil && s.route() != from {
+			// The MWS it left too, by key: it may keep the replica of the
+			// MWS the session moved on to.
+			if s.followTo(ctx, &mwsv1.MoveTarget{SessionId: s.id, Mws: p}, from, true) == nil {
 				return true
 			}
 		}
