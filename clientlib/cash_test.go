@@ -209,7 +209,7 @@ func TestCASHRawStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, up, h := startLegacyStream(t, ctx, sess, 5, 300000, 3<<20+12345)
+	_, up, h := startLegacyStream(t, ctx, sess, 5, 1<<20, 300000, 3<<20+12345)
 	if _, err := sess.Handoff(ctx, "desktop"); err != nil {
 		t.Fatal(err)
 	}

@@ -89,22 +89,8 @@ func newFASHEnv(t *testing.T, ctx context.Context, target clientlib.Target) *fas
 	if !e.obj.Adapted || bytes.Equal(e.obj.Body, e.img.Bytes) {
 		t.Fatalf("the PDA got the original (%d bytes), want its adapted variant", len(e.obj.Body))
 	}
-	if e.conn, err = e.sess.Dial(ctx, "stream"); err != nil {
-		t.Fatal(err)
-	}
-	e.up = make([]byte, 2<<20)
-	if _, err := io.ReadFull(legacy.RandomStream(9), e.up); err != nil {
-		t.Fatal(err)
-	}
-	e.upSent = 700001
-	if _, err := e.conn.Write(e.up[:e.upSent]); err != nil {
-		t.Fatal(err)
-	}
-	e.down = sha256.New()
-	e.downRead = 3<<20 + 4321
-	if _, err := io.CopyN(e.down, e.conn, e.downRead); err != nil {
-		t.Fatal(err)
-	}
+	e.upSent, e.downRead = 700001, 3<<20+4321
+	e.conn, e.up, e.down = startLegacyStream(t, ctx, e.sess, 9, 2<<20, e.upSent, e.downRead)
 	e.notes = []byte("hairline fracture, distal radius")
 	e.sess.SetSavepointProvider(func(context.Context) ([]clientlib.Element, error) {
 		return []clientlib.Element{
@@ -141,19 +127,17 @@ func (e *fashEnv) finishStream(t *testing.T, ctx context.Context, c *clientlib.C
 	finishLegacyStream(t, ctx, c, e.stream, e.up, e.upSent, e.down)
 }
 
-// finishLegacyStream sends up[sent:] on c, half-closes, reads the rest into
-// down (which holds what was read before), and checks both directions
-// against the stream server's own sums, over its one connection.
 // startLegacyStream dials the "stream" backend in sess, writes the first
-// upFirst bytes of 1 MiB of random data (seeded) and reads downFirst bytes
-// into the returned hash; finishLegacyStream ends the transfer.
-func startLegacyStream(t *testing.T, ctx context.Context, sess *clientlib.Session, seed uint64, upFirst int, downFirst int64) (*clientlib.Conn, []byte, hash.Hash) {
+// upFirst bytes of upTotal bytes of random data (seeded) and reads
+// downFirst bytes into the returned hash; finishLegacyStream ends the
+// transfer.
+func startLegacyStream(t *testing.T, ctx context.Context, sess *clientlib.Session, seed uint64, upTotal, upFirst int, downFirst int64) (*clientlib.Conn, []byte, hash.Hash) {
 	t.Helper()
 	conn, err := sess.Dial(ctx, "stream")
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := make([]byte, 1<<20)
+	up := make([]byte, upTotal)
 	if _, err := io.ReadFull(legacy.RandomStream(seed), up); err != nil {
 		t.Fatal(err)
 	}
@@ -167,6 +151,9 @@ func startLegacyStream(t *testing.T, ctx context.Context, sess *clientlib.Sessio
 	return conn, up, down
 }
 
+// finishLegacyStream sends up[sent:] on c, half-closes, reads the rest into
+// down (which holds what was read before), and checks both directions
+// against the stream server's own sums, over its one connection.
 func finishLegacyStream(t *testing.T, ctx context.Context, c *clientlib.Conn, srv *legacy.StreamServer, up []byte, sent int, down hash.Hash) {
 	t.Helper()
 	if _, err := c.Write(up[sent:]); err != nil {

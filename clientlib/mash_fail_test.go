@@ -451,14 +451,7 @@ func TestMASHReplayedAndForeignTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := e.set.Images()[0]
-	get := func(s *clientlib.Session) {
-		t.Helper()
-		obj, err := s.Get(ctx, "images", "/images/"+img.Name)
-		if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
-			t.Fatalf("session on %s: %v", s.MWS(), err)
-		}
-	}
+	get := func(s *clientlib.Session) { t.Helper(); getOne(t, ctx, e, s) }
 	get(sess)
 	op1, op2 := operatorAPI(t, e, 0), operatorAPI(t, e, 1)
 	laptopAt := []*rawDevice{dialRaw(t, e, "laptop", 0), dialRaw(t, e, "laptop", 1), dialRaw(t, e, "laptop", 2)}

@@ -88,6 +88,25 @@ func (e *mashEnv) device(t testing.TB, name string, mwsIndex int, profiles ...[]
 	return c
 }
 
+// kill stops the MWS s at once, without a drain or a goodbye, and has
+// membership report it dead.
+func (e *mashEnv) kill(s *mws.Server) {
+	dead, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.Close(dead)
+	e.cl.Peers.SetAlive(s.Name(), false)
+}
+
+// getOne fetches the first image in sess and checks its body.
+func getOne(t testing.TB, ctx context.Context, e *mashEnv, sess *clientlib.Session) {
+	t.Helper()
+	img := e.set.Images()[0]
+	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
+	if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
+		t.Fatalf("session on %s: %v", sess.MWS(), err)
+	}
+}
+
 // server returns the MWS named name.
 func (e *mashEnv) server(name string) *mws.Server {
 	for _, s := range e.cl.MWS {

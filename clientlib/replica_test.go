@@ -75,7 +75,7 @@ func testMWSFailure(t *testing.T, graceful bool) {
 		t.Fatal(err)
 	}
 	const upFirst, downFirst = 400009, 2<<20 + 77
-	conn, up, down := startLegacyStream(t, ctx, sess, 3, upFirst, downFirst)
+	conn, up, down := startLegacyStream(t, ctx, sess, 3, 1<<20, upFirst, downFirst)
 	notes := bytes.Repeat([]byte("ward 4, bed 12; "), 4096)
 	sess.SetSavepointProvider(func(context.Context) ([]clientlib.Element, error) {
 		return []clientlib.Element{
@@ -158,10 +158,6 @@ func testMWSFailure(t *testing.T, graceful bool) {
 	}
 }
 
-// TestPeerCallsBadInput: malformed FASH and replica calls from an MWS
-// certificate get typed errors and change nothing; a replica's owner alone
-// drops it; a session whose owner is alive is not taken up from its
-// replica.
 // rogueMWS issues an MWS certificate, named mws-rogue, from the cluster's
 // CA and dials the MWS of index i with it, as a peer.
 func rogueMWS(t testing.TB, e *mashEnv, i int) (tls.Certificate, *grpc.ClientConn) {
@@ -189,6 +185,10 @@ func sendAll[M any](send func(M) error, msgs []M, end func() error) error {
 	return end()
 }
 
+// TestPeerCallsBadInput: malformed FASH and replica calls from an MWS
+// certificate get typed errors and change nothing; a replica's owner alone
+// drops it; a session whose owner is alive is not taken up from its
+// replica.
 func TestPeerCallsBadInput(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -323,19 +323,13 @@ func TestReplicaPlacedAgain(t *testing.T) {
 	}
 	var first *mws.Server
 	pollDeadline(t, "the session's replica", func() bool { first = holder(nil); return first != nil })
-	kill := func(s *mws.Server) {
-		dead, deadCancel := context.WithCancel(ctx)
-		deadCancel()
-		s.Close(dead)
-		e.cl.Peers.SetAlive(s.Name(), false)
-	}
-	kill(first)
+	e.kill(first)
 	var second *mws.Server
 	pollDeadline(t, "the replica placed again", func() bool {
 		second = holder(first)
 		return second != nil
 	})
-	kill(e.cl.MWS[0])
+	e.kill(e.cl.MWS[0])
 	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)
 	if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
 		t.Fatalf("Get after the session's MWS died: %v", err)
@@ -444,10 +438,7 @@ func testTargetFailureOldKey(t *testing.T) {
 	if sess.MWS() != target.Name() {
 		t.Fatalf("the device did not follow: at %s", sess.MWS())
 	}
-	dead, deadCancel := context.WithCancel(ctx)
-	deadCancel()
-	target.Close(dead)
-	e.cl.Peers.SetAlive(target.Name(), false)
+	e.kill(target)
 	for _, n := range others {
 		e.cl.Peers.SetAlive(n, true)
 	}
@@ -474,7 +465,7 @@ func testTargetFailure(t *testing.T, followed bool) {
 		t.Fatal(err)
 	}
 	const upFirst, downFirst = 300007, 1<<20 + 13
-	conn, up, down := startLegacyStream(t, ctx, sess, 5, upFirst, downFirst)
+	conn, up, down := startLegacyStream(t, ctx, sess, 5, 1<<20, upFirst, downFirst)
 	target := e.cl.MWS[1]
 	if _, err := e.cl.MWS[0].MoveSession(ctx, sess.ID(), target.Name(), "operator"); err != nil {
 		t.Fatal(err)
@@ -484,10 +475,7 @@ func testTargetFailure(t *testing.T, followed bool) {
 		// key in the background, possibly not before the target dies.
 		pollDeadline(t, "the device to follow", func() bool { return sess.MWS() == target.Name() })
 	}
-	dead, deadCancel := context.WithCancel(ctx)
-	deadCancel()
-	target.Close(dead)
-	e.cl.Peers.SetAlive(target.Name(), false)
+	e.kill(target)
 
 	finishLegacyStream(t, ctx, conn, e.stream, up, upFirst, down)
 	obj, err := sess.Get(ctx, "images", "/images/"+img.Name)

@@ -24,17 +24,18 @@ import (
 )
 
 // openWithToken opens a Stream call that moves its session in with tok and
-// returns its first answer.
-func openWithToken(ctx context.Context, d *rawDevice, tok string, open *mwsv1.StreamOpen) (*mwsv1.StreamResponse, error) {
+// returns the call and its first answer.
+func openWithToken(ctx context.Context, d *rawDevice, tok string, open *mwsv1.StreamOpen) (mwsv1.Device_StreamClient, *mwsv1.StreamResponse, error) {
 	ctx = metadata.AppendToOutgoingContext(ctx, "imash-move-token", tok)
 	st, err := d.api.Stream(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := st.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: open}}); err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+		return nil, nil, err
 	}
-	return st.Recv()
+	m, err := st.Recv()
+	return st, m, err
 }
 
 // TestStreamMoveInBadInput: a Stream call that carries a move token is
@@ -54,14 +55,7 @@ func TestStreamMoveInBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := e.set.Images()[0]
-	get := func(s *clientlib.Session) {
-		t.Helper()
-		obj, err := s.Get(ctx, "images", "/images/"+img.Name)
-		if err != nil || !bytes.Equal(obj.Body, img.Bytes) {
-			t.Fatalf("session on %s: %v", s.MWS(), err)
-		}
-	}
+	get := func(s *clientlib.Session) { t.Helper(); getOne(t, ctx, e, s) }
 	get(sess)
 	at1, at2 := dialRaw(t, e, "laptop", 0), dialRaw(t, e, "laptop", 1)
 	at1.login(t, ctx)
@@ -82,7 +76,7 @@ func TestStreamMoveInBadInput(t *testing.T) {
 		{"unknown token", "AAAA" + tok[4:], &mwsv1.StreamOpen{SessionId: sess.ID(), StreamId: "s1"}, codes.Unauthenticated, "BAD_MOVE_TOKEN"},
 		{"token too long", strings.Repeat("x", 300), &mwsv1.StreamOpen{SessionId: sess.ID(), StreamId: "s1"}, codes.InvalidArgument, "FIELD_TOO_LONG"},
 	} {
-		m, err := openWithToken(ctx, at2, tc.tok, tc.open)
+		_, m, err := openWithToken(ctx, at2, tc.tok, tc.open)
 		if rpcerr.Code(err) != tc.code || rpcerr.Reason(err) != tc.reason {
 			t.Fatalf("%s: answer %v, error %v; want %v %s", tc.name, m, err, tc.code, tc.reason)
 		}
@@ -97,7 +91,7 @@ func TestStreamMoveInBadInput(t *testing.T) {
 	if sess.MWS() != "mws-2" || c.MoveStats().Followed != followed+1 {
 		t.Fatalf("session on %s, %d follows", sess.MWS(), c.MoveStats().Followed)
 	}
-	if _, err := openWithToken(ctx, at2, tok, &mwsv1.StreamOpen{SessionId: sess.ID(), StreamId: "s1"}); rpcerr.Reason(err) != "BAD_MOVE_TOKEN" {
+	if _, _, err := openWithToken(ctx, at2, tok, &mwsv1.StreamOpen{SessionId: sess.ID(), StreamId: "s1"}); rpcerr.Reason(err) != "BAD_MOVE_TOKEN" {
 		t.Fatalf("the spent token: %v", err)
 	}
 	get(other)
@@ -209,7 +203,7 @@ func TestMoveInstalledFromTheSourcesWord(t *testing.T) {
 			t.Fatalf("legacy server accepted %d connections, want %d", a, i+1)
 		}
 		// The token is spent; the key before the move no longer works.
-		if _, err := openWithToken(ctx, pda, prep.GetToken(), &mwsv1.StreamOpen{SessionId: rec.GetSessionId(), StreamId: st.ID()}); rpcerr.Reason(err) != "BAD_MOVE_TOKEN" {
+		if _, _, err := openWithToken(ctx, pda, prep.GetToken(), &mwsv1.StreamOpen{SessionId: rec.GetSessionId(), StreamId: st.ID()}); rpcerr.Reason(err) != "BAD_MOVE_TOKEN" {
 			t.Fatalf("the spent token: %v", err)
 		}
 		_, err = pda.api.MoveIn(ctx, &mwsv1.MoveInRequest{SessionId: rec.GetSessionId(), SessionKey: key})
@@ -226,14 +220,7 @@ func readMovedStream(t *testing.T, ctx context.Context, d *rawDevice, tok, id, s
 	t.Helper()
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ds, err := d.api.Stream(metadata.AppendToOutgoingContext(ctx, "imash-move-token", tok))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ds.Send(&mwsv1.StreamRequest{Msg: &mwsv1.StreamRequest_Open{Open: &mwsv1.StreamOpen{SessionId: id, StreamId: stream}}}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := ds.Recv()
+	ds, m, err := openWithToken(ctx, d, tok, &mwsv1.StreamOpen{SessionId: id, StreamId: stream})
 	if err != nil || m.GetMovedIn().GetSessionKey() == "" || m.GetMovedIn().GetCredential() == "" || m.GetMovedIn().GetMws() != "mws-2" {
 		t.Fatalf("first answer %v, %v: want MovedIn", m, err)
 	}
