@@ -216,13 +216,13 @@ func (v service) Attach(ss muxv1.Mux_AttachServer) error {
 	if err != nil {
 		return err
 	}
-	attach := st.attach
+	var a *attachment
+	var attached *muxv1.Attached
 	if hello.GetStandby() {
-		attach = func(who string, epoch uint64) (*attachment, *muxv1.Attached, error) {
-			return st.attachStandby(ctx, who, epoch)
-		}
+		a, attached, err = st.attachStandby(ctx, who, hello.GetEpoch())
+	} else {
+		a, attached, err = st.attach(who, hello.GetEpoch())
 	}
-	a, attached, err := attach(who, hello.GetEpoch())
 	if err != nil {
 		return err
 	}

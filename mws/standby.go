@@ -14,7 +14,6 @@ import (
 // the first relay of the stream here takes it instead of attaching only
 // once the device has arrived. A standby no relay takes is released.
 type standby struct {
-	id     string
 	cancel context.CancelFunc
 	done   chan struct{}
 	st     *muxlink.Stream // valid after done; nil when the attach failed
@@ -24,7 +23,7 @@ type standby struct {
 // startStandby attaches to stream id, now at epoch, as a standby.
 func (s *Server) startStandby(id string, epoch uint64) *standby {
 	ctx, cancel := context.WithCancel(s.bgCtx)
-	sb := &standby{id: id, cancel: cancel, done: make(chan struct{})}
+	sb := &standby{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(sb.done)
 		st, err := s.mux.AttachStandby(ctx, id, epoch)
