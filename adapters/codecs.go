@@ -7,7 +7,6 @@ import (
 	"image/gif"
 	"image/png"
 	"io"
-	"reflect"
 
 	"github.com/imashproject/imash/adapters/internal/jpegenc"
 	"github.com/imashproject/imash/adapters/internal/jpegscale"
@@ -33,6 +32,21 @@ type Codec struct {
 	DecodeScaled func(r io.Reader, denom int) (image.Image, error)
 	// Encode writes img; quality is ignored unless SupportsQuality.
 	Encode func(w io.Writer, img image.Image, quality int) error
+	// Chroma420: Encode keeps no more than 4:2:0 chroma, so an image
+	// resampled for it need carry no more.
+	Chroma420 bool
+	// Prepare, if not nil, does once the part of Encode that does not
+	// depend on the quality (for JPEG the colour conversion and the
+	// forward DCT): meeting a byte budget encodes one image at several
+	// qualities. The result's Encode(q) returns the bytes Encode writes
+	// at quality q: a Codec that replaces Encode replaces or clears
+	// Prepare (and Chroma420) with it.
+	Prepare func(img image.Image) (Prepared, error)
+}
+
+// Prepared is an image made ready by Codec.Prepare.
+type Prepared interface {
+	Encode(quality int) []byte
 }
 
 // DefaultCodecs returns the built-in JPEG, PNG and GIF codecs. JPEG
@@ -42,10 +56,11 @@ type Codec struct {
 func DefaultCodecs() []Codec {
 	return []Codec{
 		{
-			MediaType: MediaJPEG, SupportsQuality: true,
+			MediaType: MediaJPEG, SupportsQuality: true, Chroma420: true,
 			Decode:       jpegscale.Decode,
 			DecodeScaled: jpegscale.DecodeScaled,
 			Encode:       encodeJPEG,
+			Prepare:      prepareJPEG,
 		},
 		{
 			MediaType: MediaPNG, SupportsAlpha: true,
@@ -71,23 +86,13 @@ func encodeJPEG(w io.Writer, img image.Image, q int) error {
 	return jpegenc.Encode(w, fastJPEGInput(img), q)
 }
 
-// isDefaultJPEG reports whether k encodes with encodeJPEG (4:2:0 JPEG),
-// not with a wrapped or replaced Encode.
-func isDefaultJPEG(k *Codec) bool {
-	return k != nil && k.Encode != nil && reflect.ValueOf(k.Encode).Pointer() == reflect.ValueOf(encodeJPEG).Pointer()
-}
-
-// jpegPreparer returns, for a codec whose Encode is encodeJPEG, a function
-// preparing img (see jpegenc.Prepare) whose encodings at any quality are
-// Encode's: the byte-budget search encodes one image at several
-// qualities. It returns nil for any other codec.
-func jpegPreparer(k *Codec) func(img image.Image) (*jpegenc.Coefficients, error) {
-	if !isDefaultJPEG(k) {
-		return nil
+// prepareJPEG is the default JPEG codec's Prepare (see jpegenc.Prepare).
+func prepareJPEG(img image.Image) (Prepared, error) {
+	c, err := jpegenc.Prepare(fastJPEGInput(img))
+	if err != nil {
+		return nil, err
 	}
-	return func(img image.Image) (*jpegenc.Coefficients, error) {
-		return jpegenc.Prepare(fastJPEGInput(img))
-	}
+	return c, nil
 }
 
 // fastJPEGInput gives the JPEG encoder a type it encodes without a
@@ -113,6 +118,20 @@ func ycbcrToRGBA(img image.Image) image.Image {
 }
 
 // flatten composites img onto white when it has transparency.
+// prepare is encode's counterpart for c.Prepare, which must not be nil.
+func prepare(c *Codec, img image.Image) (Prepared, error) {
+	return c.Prepare(encodable(c, img))
+}
+
+// encodable is img as c encodes it: flattened onto white unless c keeps
+// transparency.
+func encodable(c *Codec, img image.Image) image.Image {
+	if c.SupportsAlpha {
+		return img
+	}
+	return flatten(img)
+}
+
 func flatten(img image.Image) image.Image {
 	if o, ok := img.(interface{ Opaque() bool }); ok && o.Opaque() {
 		return img
@@ -125,11 +144,8 @@ func flatten(img image.Image) image.Image {
 }
 
 func encode(c *Codec, img image.Image, quality int) ([]byte, error) {
-	if !c.SupportsAlpha {
-		img = flatten(img)
-	}
 	var buf bytes.Buffer
-	if err := c.Encode(&buf, img, quality); err != nil {
+	if err := c.Encode(&buf, encodable(c, img), quality); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil

@@ -7,7 +7,6 @@ import (
 	"math"
 
 	"github.com/disintegration/imaging"
-	"github.com/imashproject/imash/adapters/internal/jpegenc"
 )
 
 // stepFor returns the Step executing cmd.
@@ -108,13 +107,12 @@ func resizeFilter(srcW, dstW int) imaging.ResampleFilter {
 
 // resize resamples img to w x h for encoding with k. The planar images
 // JPEG decodes to are resampled plane by plane and stay planar (with
-// 4:2:0 chroma when k is the default JPEG codec, whose encoder keeps no
-// more; full chroma otherwise); other images become *image.NRGBA.
+// 4:2:0 chroma when k's encoder keeps no more; full chroma otherwise); other images become *image.NRGBA.
 func resize(img image.Image, w, h int, k *Codec) image.Image {
 	if b := img.Bounds(); !b.Empty() {
 		switch m := img.(type) {
 		case *image.YCbCr:
-			return resizeYCbCr(m, w, h, !isDefaultJPEG(k))
+			return resizeYCbCr(m, w, h, k == nil || !k.Chroma420)
 		case *image.Gray:
 			return resizeGray(m, w, h)
 		}
@@ -226,30 +224,29 @@ func reencodeStep(cmd Command) Step {
 	return func(pc *Context) error {
 		budget := cmd.Budget
 		k := pc.Codec
-		prepare := jpegPreparer(k)
 		var (
 			best     []byte
 			bestQ    int
-			tries    int
-			prepared *jpegenc.Coefficients
+			prepared Prepared
 		)
-		try := func(q int) ([]byte, error) {
-			var (
-				data []byte
-				err  error
-			)
-			if tries++; tries > 1 && prepare != nil {
-				// The colour conversion and forward DCT are done once
-				// for all the qualities after the first.
-				if prepared == nil {
-					prepared, err = prepare(flatten(pc.Image))
-				}
-				if err == nil {
-					data = prepared.Encode(q)
-				}
-			} else {
-				data, err = encode(k, pc.Image, q)
+		encodeAt := func(q int) ([]byte, error) {
+			// The first try encodes at once: it often fits, and
+			// preparing costs more than one encode. The tries after it
+			// share one preparation.
+			if best == nil || k.Prepare == nil {
+				return encode(k, pc.Image, q)
 			}
+			if prepared == nil {
+				p, err := prepare(k, pc.Image)
+				if err != nil {
+					return nil, err
+				}
+				prepared = p
+			}
+			return prepared.Encode(q), nil
+		}
+		try := func(q int) ([]byte, error) {
+			data, err := encodeAt(q)
 			if err != nil {
 				return nil, fmt.Errorf("adapters: encode %s: %w", k.MediaType, err)
 			}
@@ -276,7 +273,7 @@ func reencodeStep(cmd Command) Step {
 			f := min(0.9, max(0.25, 0.9*math.Sqrt(float64(budget)/float64(len(best)))))
 			w, h := max(1, int(float64(b.Dx())*f)), max(1, int(float64(b.Dy())*f))
 			pc.Image = resize(pc.Image, w, h, k)
-			best, tries, prepared = nil, 0, nil
+			best, prepared = nil, nil
 			pc.Applied = append(pc.Applied, fmt.Sprintf("shrink(%dx%d)", w, h))
 		}
 		pc.Data, pc.Quality, pc.BudgetMet = best, qualityOf(k, bestQ), false
