@@ -117,8 +117,9 @@ type encoder struct {
 	// prevDC is each table's previous DC value (the Cb and Cr components
 	// share the chrominance table but are delta-encoded separately).
 	prevDC [3]int32
-	// next is the component of the next block: 0 for Y, 1 for Cb, 2 for
-	// Cr; four Y blocks then one Cb and one Cr block make an MCU.
+	// gray: one component. Otherwise four Y blocks, then one Cb and one Cr
+	// block make an MCU, and count (blocks written) gives the component
+	// of the next one.
 	gray  bool
 	count int
 }

@@ -277,18 +277,6 @@ func acSkip(st *acState, buf []byte, f *huffFast) bool {
 	return done || zig >= blockSize
 }
 
-// load32 returns the 4 bytes at buf[i:] as a big-endian number, and
-// whether there are 4 bytes, none of them 0xff, so that they are 32 bits
-// of entropy-coded data without stuffing.
-func load32(buf []byte, i int) (uint32, bool) {
-	if i < 0 || i+4 > len(buf) {
-		return 0, false
-	}
-	x := binary.BigEndian.Uint32(buf[i:])
-	t := ^x
-	return x, (t-0x01010101)&^t&0x80808080 == 0
-}
-
 // decodeLong decodes a code longer than fastBits from the next 16 bits of
 // acc (the most significant ones), continuing decodeHuffman's
 // code-by-length search where the fast table stops. It returns the value
