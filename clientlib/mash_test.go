@@ -549,6 +549,7 @@ func TestUnfinishedDrainTakesSessionsAgain(t *testing.T) {
 	}
 	src := e.cl.MWS[0]
 	dctx, stop := context.WithCancel(ctx)
+	defer stop()
 	var last mws.DrainProgress
 	err = src.Drain(dctx, func(p mws.DrainProgress) {
 		last = p
